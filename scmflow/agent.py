@@ -1,0 +1,1045 @@
+"""The host agent: every remote step of an upgrade, run on the host in one round trip.
+
+The control machine runs this very file on a host as
+`python3 -c BOOT PAYLOAD OP SPEC-JSON` (see `agent_argv`), as the install user with
+JAVA_HOME in the environment. It prints one JSON object on its last stdout line:
+`{"ok": true, ...}` with exit status 0, or `{"ok": false, "error", "step"}` with 1.
+
+Hosts may carry Python as old as 3.6, so this file is standard library only, imports
+nothing from scmflow, and its annotations use `typing` generics (3.6 evaluates them).
+"""
+
+# The annotations must evaluate on Python 3.6: builtin generics and `X | None` do not.
+# ruff: noqa: UP006, UP035, UP045
+
+import base64
+import errno
+import fcntl
+import functools
+import glob
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+import zlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+# ---------------------------------------------------------------- control side
+
+_BOOT = (
+    "import sys,zlib,base64;g={'__name__':'scmflow_agent'};"
+    "exec(zlib.decompress(base64.b64decode(sys.argv[1])),g);"
+    "sys.exit(g['main'](sys.argv[2:]))"
+)
+
+
+def agent_argv(op: str, spec: Dict[str, Any]) -> List[str]:
+    """The argv that runs `op` with `spec` on a host: python3 with this file inlined."""
+    return ["python3", "-c", _BOOT, _payload(), op, json.dumps(spec, sort_keys=True)]
+
+
+@functools.lru_cache(maxsize=1)
+def _payload() -> str:
+    with open(__file__, "rb") as source:
+        return base64.b64encode(zlib.compress(source.read(), 9)).decode("ascii")
+
+
+def parse_agent_output(stdout: str) -> Dict[str, Any]:
+    """The agent's reply: the JSON object on the last non-empty line; ValueError if none."""
+    for line in reversed(stdout.splitlines()):
+        if line.strip():
+            reply = json.loads(line)
+            if not isinstance(reply, dict) or "ok" not in reply:
+                raise ValueError("the last line is not an agent reply")
+            return reply
+    raise ValueError("no output")
+
+
+# ---------------------------------------------------------------- host side: basics
+
+_NODE_LINE = re.compile(r"^\s*(\S+)\((\d+)\)\s+\((\d+|-)\)\s*$")
+_JAVA_VERSION = re.compile(r'version "([^"]+)"')
+_PROFILE_JAVA_HOME = '. "$1" >/dev/null 2>&1; printf %s "$JAVA_HOME"'
+_STAGING_PREFIX = ".scmflow-staging-"
+_SPACE_MARGIN = 1 << 20
+_OUTPUT_TAIL = 3
+# Real ctl scripts return once their nodes are gone; this covers a slow exit.
+_STOP_WAIT = 15.0
+_POLL = 0.2
+
+
+class Failure(Exception):
+    """A step failed; `message` is the operator's one line."""
+
+    def __init__(self, message: str, step: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+
+
+class Ctx:
+    """One op: its spec, the environment for commands, and the step in progress."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        self.spec = spec
+        self.step = "start"
+        self.host = socket.gethostname()
+        self.env = dict(os.environ)
+        if spec.get("java_home"):
+            self.env["JAVA_HOME"] = str(spec["java_home"])
+        self.command_timeout = float(spec.get("command_timeout") or 600)
+
+    def need(self, key: str) -> str:
+        """A required string value of the spec; Failure naming the key when absent."""
+        value = self.spec.get(key)
+        if value is None or value == "":
+            raise Failure(f"the spec lacks '{key}'", "spec")
+        return str(value)
+
+    def service(self) -> Dict[str, Any]:
+        """The spec's service entry (`Service.to_spec()`)."""
+        svc = self.spec.get("service")
+        if not isinstance(svc, dict):
+            raise Failure("the spec names no service", "spec")
+        return svc
+
+    def service_dir(self) -> str:
+        """`<install_path>/<dir>`; the install path itself for an empty dir."""
+        svc = self.service()
+        base = self.need("install_path")
+        return os.path.join(base, svc["dir"]) if svc["dir"] else base
+
+
+class Done:
+    """What one command did."""
+
+    def __init__(self, argv: List[str], code: int, out: str, err: str) -> None:
+        self.argv = argv
+        self.code = code
+        self.out = out
+        self.err = err
+
+    def tail(self) -> str:
+        """The last lines of stderr (else stdout), on one line."""
+        text = self.err.strip() or self.out.strip()
+        return " | ".join(text.splitlines()[-_OUTPUT_TAIL:])
+
+    def describe(self) -> str:
+        """`ctl start -p 1` exited 1 (last output lines)."""
+        shown = " ".join(shlex.quote(a) for a in [os.path.basename(self.argv[0])] + self.argv[1:])
+        detail = self.tail()
+        return f"`{shown}` exited {self.code}" + (f" ({detail})" if detail else "")
+
+
+def run_command(ctx: Ctx, argv: List[str], timeout: Optional[float] = None, check: bool = True) -> Done:
+    """Run argv without a shell; output goes to files so detached children cannot hold it."""
+    limit = timeout if timeout is not None else ctx.command_timeout
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            # A new session, so nodes a ctl script starts outlive the SSH channel.
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=ctx.env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise Failure(f"cannot run {argv[0]}: {exc.strerror}") from None
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            done = Done(argv, -9, _read_all(out), _read_all(err))
+            raise Failure(f"{done.describe()} after the {limit:g}s timeout") from None
+        done = Done(argv, code, _read_all(out), _read_all(err))
+    if check and code != 0:
+        raise Failure(done.describe())
+    return done
+
+
+def _read_all(stream: Any) -> str:
+    stream.seek(0)
+    return str(stream.read().decode("utf-8", "replace"))
+
+
+def one_line(text: str) -> str:
+    """Collapse a message onto one line."""
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------- host side: files
+
+
+def matches(base: str, pattern: str) -> List[str]:
+    """Paths under `base` matching the glob `pattern`, sorted; literal chars in base stay literal."""
+    return sorted(glob.glob(os.path.join(glob.escape(base), pattern)))
+
+
+def remove_path(path: str) -> None:
+    """Delete a file, link or tree; nothing when absent."""
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy a file, link or tree exactly: modes, links as links, mtimes (dirs last)."""
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+        shutil.copystat(src, dst, follow_symlinks=False)
+    elif stat.S_ISDIR(st.st_mode):
+        os.mkdir(dst)
+        for name in sorted(os.listdir(src)):
+            copy_tree(os.path.join(src, name), os.path.join(dst, name))
+        shutil.copystat(src, dst)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copy2(src, dst)
+
+
+def merge_tree(src: str, dst: str) -> None:
+    """Copy `src` over `dst`, keeping what only `dst` has."""
+    if os.path.isdir(src) and not os.path.islink(src):
+        if os.path.lexists(dst) and (os.path.islink(dst) or not os.path.isdir(dst)):
+            remove_path(dst)
+        if not os.path.isdir(dst):
+            os.mkdir(dst)
+        for name in sorted(os.listdir(src)):
+            merge_tree(os.path.join(src, name), os.path.join(dst, name))
+        shutil.copystat(src, dst)
+    else:
+        remove_path(dst)
+        copy_tree(src, dst)
+
+
+def walk_size(path: str) -> int:
+    """Bytes a copy of `path` takes, counting whole 4 KiB blocks per file."""
+    total = 0
+    for entry in _walk(path):
+        st = os.lstat(entry)
+        if stat.S_ISREG(st.st_mode):
+            total += (st.st_size + 4095) // 4096 * 4096
+        elif stat.S_ISDIR(st.st_mode):
+            total += 4096
+    return total
+
+
+def _walk(path: str) -> Iterator[str]:
+    yield path
+    if os.path.isdir(path) and not os.path.islink(path):
+        for name in os.listdir(path):
+            yield from _walk(os.path.join(path, name))
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for an unprivileged user on the filesystem that holds (or will hold) path."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize
+
+
+def require_space(ctx: Ctx, path: str, size: int) -> None:
+    """Fail before anything changes when the filesystem of `path` cannot take `size` bytes."""
+    need = size + size // 100 + _SPACE_MARGIN
+    have = free_bytes(path)
+    if have < need:
+        raise Failure(f"not enough space on {ctx.host}:{path}: need {need}, have {have}", "space")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write a file by rename, with the data and the directory entry fsynced."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+    """A JSON object from a file, or None when absent or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def version_of(name: str) -> str:
+    """Version in a jar or tarball name (`x-3.2.2.jar`, `x-3.2.2-release.tar.gz`)."""
+    base = name
+    for suffix in (".tar.gz", ".tgz", ".jar"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    if base.endswith("-release"):
+        base = base[: -len("-release")]
+    version = base.rsplit("-", 1)[-1]
+    if "-" not in base or not version[:1].isdigit():
+        raise Failure(f"no version in file name '{name}'", "version")
+    return version
+
+
+def installed_version(ctx: Ctx) -> Optional[str]:
+    """Version of the service's single version file; None when absent, Failure when several."""
+    svc = ctx.service()
+    found = matches(ctx.service_dir(), svc["version_file"])
+    if not found:
+        return None
+    if len(found) > 1:
+        names = ", ".join(os.path.basename(p) for p in found)
+        where = ctx.service_dir()
+        raise Failure(f"{svc['printed']} has several version files in {where}: {names}", "version")
+    return version_of(os.path.basename(found[0]))
+
+
+# ---------------------------------------------------------------- host side: nodes
+
+
+def ctl_path(ctx: Ctx) -> str:
+    """`<dir>/bin/<ctl>`."""
+    return os.path.join(ctx.service_dir(), "bin", str(ctx.service().get("ctl") or ""))
+
+
+def has_ctl(ctx: Ctx) -> bool:
+    """Whether the service has a control script on disk."""
+    return bool(ctx.service().get("ctl")) and os.path.isfile(ctl_path(ctx))
+
+
+def list_nodes(ctx: Ctx, cache: Optional[Dict[str, Done]] = None) -> List[Dict[str, Any]]:
+    """The service's port nodes from `<ctl> list -m local`; none when the ctl is absent."""
+    if not has_ctl(ctx):
+        return []
+    ctl = ctl_path(ctx)
+    done = cache.get(ctl) if cache is not None else None
+    if done is None:
+        done = run_command(ctx, [ctl, "list", "-m", "local"], check=False)
+        if cache is not None:
+            cache[ctl] = done
+    printed = ctx.service()["printed"]
+    nodes = []
+    for line in done.out.splitlines():
+        m = _NODE_LINE.match(line)
+        if m and m.group(1) == printed:
+            pid = None if m.group(3) == "-" else int(m.group(3))
+            nodes.append({"port": int(m.group(2)), "pid": pid, "running": pid is not None})
+    return nodes
+
+
+def running_ports(ctx: Ctx) -> Dict[int, int]:
+    """port -> pid of the service's running nodes."""
+    return {n["port"]: n["pid"] for n in list_nodes(ctx) if n["running"]}
+
+
+def daemon_command(ctx: Ctx) -> Optional[List[str]]:
+    """The daemon's command: between `nohup` and `>` in the crontab file's linuxCron line."""
+    path = os.path.join(ctx.service_dir(), "conf", ".crontab.properties")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() != "linuxCron":
+            continue
+        m = re.search(r"\bnohup\s+(.*?)\s*>", value)
+        if m and m.group(1).strip():
+            try:
+                return shlex.split(m.group(1))
+            except ValueError:
+                return m.group(1).split()
+    return None
+
+
+def process_running(command: Optional[List[str]]) -> Optional[int]:
+    """Pid of a live process running `command`, or None."""
+    if not command:
+        return None
+    want = " ".join(" ".join(command).split())
+    skip = {os.getpid(), os.getppid()}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        if not _same_mount_namespace(int(name)):
+            # The same install path in another mount namespace (a container) is another install.
+            continue
+        words = " ".join(_cmdline(int(name)) or []).split()
+        # The cron shell that launched it also carries the command, after `nohup`.
+        if words and "nohup" not in words and f" {want} " in f" {' '.join(words)} ":
+            return int(name)
+    return None
+
+
+def _same_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        # Not ours to inspect (another user's process): judge by the command line alone.
+        return True
+
+
+def _cmdline(pid: int) -> Optional[List[str]]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if state in ([b"Z"], [b"X"]) or not raw:
+        return None
+    return raw.decode("utf-8", "replace").rstrip("\0").split("\0")
+
+
+def daemon_pid(ctx: Ctx) -> Optional[int]:
+    """Pid of the running daemon, or None."""
+    return process_running(daemon_command(ctx))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process (not a zombie) has this pid."""
+    return _cmdline(pid) is not None
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> bool:
+    """Poll `check` until true or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL)
+    return True
+
+
+def stop_service(ctx: Ctx) -> Dict[str, Any]:
+    """Stop the service's nodes on this host and confirm that none still runs."""
+    kind = ctx.service()["node_kind"]
+    if kind == "daemon":
+        return _stop_daemon(ctx)
+    if kind != "port":
+        return {"stopped": []}
+    if not has_ctl(ctx):
+        # Only a replace interrupted after the stop removes bin/: the nodes are down.
+        return {"stopped": [], "ctl_missing": True}
+    before = running_ports(ctx)
+    if not before:
+        return {"stopped": []}
+    svc = ctx.service()
+    done = run_command(ctx, [ctl_path(ctx)] + list(svc["stop_args"]), check=False)
+    if done.code == 0:
+        wait_for(lambda: not any(pid_alive(p) for p in before.values()), _STOP_WAIT)
+    still = running_ports(ctx)
+    if still:
+        names = ", ".join(f"{svc['printed']}({port}) pid {pid}" for port, pid in sorted(still.items()))
+        raise Failure(f"nodes still running after stop: {names}; {done.describe()}", "stop")
+    return {"stopped": sorted(before)}
+
+
+def _stop_daemon(ctx: Ctx) -> Dict[str, Any]:
+    # `scmd.sh stop` deletes the crontab file, so read the command before stopping.
+    command = daemon_command(ctx)
+    pid = process_running(command)
+    if pid is None:
+        return {"stopped": []}
+    if not has_ctl(ctx):
+        raise Failure(f"DAEMON runs (pid {pid}) but {ctl_path(ctx)} is missing", "stop")
+    done = run_command(ctx, [ctl_path(ctx)] + list(ctx.service()["stop_args"]), check=False)
+    wait = _STOP_WAIT if done.code == 0 else 0.0
+    if not wait_for(lambda: process_running(command) is None, wait):
+        raise Failure(f"DAEMON still running after stop (pid {pid}); {done.describe()}", "stop")
+    return {"stopped": ["daemon"]}
+
+
+def start_service(ctx: Ctx, ports: List[int], daemon: bool, timeout: float) -> Dict[str, Any]:
+    """Start exactly the given nodes (and the daemon), skipping those already running."""
+    svc = ctx.service()
+    started: List[int] = []
+    already: List[int] = []
+    if ports:
+        if not has_ctl(ctx):
+            raise Failure(f"cannot start {svc['printed']}: {ctl_path(ctx)} is missing", "start")
+        running = running_ports(ctx)
+        for port in ports:
+            if port in running:
+                already.append(port)
+                continue
+            ctx.step = f"start {port}"
+            argv = [ctl_path(ctx), "start", "--timeout", f"{timeout:g}", "-p", str(port)]
+            run_command(ctx, argv, timeout=timeout + 60)
+            started.append(port)
+    daemon_started = False
+    if daemon and daemon_pid(ctx) is None:
+        ctx.step = "start daemon"
+        if not has_ctl(ctx):
+            raise Failure(f"cannot start DAEMON: {ctl_path(ctx)} is missing", "start")
+        run_command(ctx, [ctl_path(ctx), "start"], timeout=timeout + 60)
+        daemon_started = True
+    return {"started": started, "already_running": already, "daemon_started": daemon_started}
+
+
+def http_answers(port: int, timeout: float = 5.0) -> bool:
+    """Whether 127.0.0.1:port accepts a connection and answers GET / with any HTTP status."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return conn.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+def health_problems(
+    ctx: Ctx, version: Optional[str], ports: List[int], daemon: bool, wait: float
+) -> Tuple[List[str], Dict[str, Any]]:
+    """What is wrong with the service's version and nodes (waiting up to `wait` for nodes)."""
+    problems: List[str] = []
+    found = installed_version(ctx)
+    if found != version:
+        problems.append(f"version on disk is {found or 'none'}, expected {version or 'none'}")
+    state: Dict[str, Any] = {"version": found}
+
+    def node_problems() -> List[str]:
+        out: List[str] = []
+        if ports:
+            running = running_ports(ctx)
+            state["pids"] = {str(p): running.get(p) for p in ports}
+            for port in ports:
+                if port not in running:
+                    out.append(f"{ctx.service()['printed']}({port}) is not running")
+                elif not http_answers(port):
+                    out.append(f"{ctx.service()['printed']}({port}) does not answer on port {port}")
+        if daemon:
+            state["daemon_pid"] = daemon_pid(ctx)
+            if state["daemon_pid"] is None:
+                out.append("DAEMON is not running")
+        return out
+
+    nodes: List[str] = []
+
+    def settled() -> bool:
+        nodes[:] = node_problems()
+        return not nodes
+
+    wait_for(settled, wait)
+    return problems + nodes, state
+
+
+# ---------------------------------------------------------------- host side: packages
+
+
+def backup_paths(backup_dir: str) -> Tuple[str, str, str]:
+    """(files dir, manifest, completion marker) of a pair's backup."""
+    return (
+        os.path.join(backup_dir, "files"),
+        os.path.join(backup_dir, "manifest.json"),
+        os.path.join(backup_dir, ".complete"),
+    )
+
+
+def complete_manifest(ctx: Ctx, backup_dir: str) -> Optional[Dict[str, Any]]:
+    """The manifest of a complete backup, else None; Failure when it is damaged or not ours."""
+    _, path, marker = backup_paths(backup_dir)
+    if not os.path.exists(marker):
+        return None
+    manifest = read_json(path)
+    if manifest is None:
+        raise Failure(f"the backup {backup_dir} is marked complete but its manifest is unreadable")
+    if "service" in ctx.spec and manifest.get("service") != ctx.service()["name"]:
+        raise Failure(f"the backup {backup_dir} holds {manifest.get('service')}, not {ctx.service()['name']}")
+    return manifest
+
+
+def replaced_matches(ctx: Ctx) -> List[str]:
+    """Service-dir-relative paths that the replace globs match now."""
+    base = ctx.service_dir()
+    found: List[str] = []
+    for pattern in ctx.service()["replace"]:
+        for path in matches(base, pattern):
+            rel = os.path.relpath(path, base)
+            if rel not in found:
+                found.append(rel)
+    return found
+
+
+def staging_dir(ctx: Ctx) -> str:
+    """Where a package unpacks before its files move in (same filesystem as the install)."""
+    return os.path.join(ctx.need("install_path"), _STAGING_PREFIX + ctx.service()["name"])
+
+
+def checked_members(ctx: Ctx, tar: tarfile.TarFile) -> Tuple[List[tarfile.TarInfo], int]:
+    """Members that unpack inside the staging dir, owned by us; Failure on any other; + size."""
+    members = tar.getmembers()
+    size = 0
+    for member in members:
+        _check_member(ctx, member)
+        member.uid, member.gid = os.getuid(), os.getgid()
+        member.uname = member.gname = ""
+        size += (member.size + 4095) // 4096 * 4096 if member.isfile() else 4096
+    return members, size
+
+
+def _check_member(ctx: Ctx, member: tarfile.TarInfo) -> None:
+    package = ctx.need("package")
+    top = ctx.service()["dir"]
+    parts = [p for p in member.name.split("/") if p not in ("", ".")]
+    if member.name.startswith("/") or ".." in parts:
+        raise Failure(f"{package}: unsafe member '{member.name}'", "extract")
+    if top and parts and parts[0] != top:
+        raise Failure(f"{package}: member '{member.name}' is outside {top}/", "extract")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise Failure(f"{package}: member '{member.name}' is a special file", "extract")
+    if member.issym() or member.islnk():
+        base = os.path.dirname(member.name) if member.issym() else ""
+        target = os.path.normpath(os.path.join(base, member.linkname)).split("/")
+        inside = target[0] == top if top else target[0] not in ("..", "")
+        if member.linkname.startswith("/") or ".." in target or not inside:
+            message = f"{package}: link '{member.name}' -> '{member.linkname}' leaves the package"
+            raise Failure(message, "extract")
+
+
+def stage_package(ctx: Ctx) -> str:
+    """Unpack the package into a fresh staging dir; the service's files inside it."""
+    package = ctx.need("package")
+    staging = staging_dir(ctx)
+    remove_path(staging)
+    try:
+        with tarfile.open(package, "r:*") as tar:
+            members, size = checked_members(ctx, tar)
+            require_space(ctx, ctx.need("install_path"), size)
+            os.mkdir(staging, 0o700)
+            kwargs: Dict[str, Any] = {}
+            if hasattr(tarfile, "fully_trusted_filter"):
+                # Members are checked above; keep the same behaviour on every Python.
+                kwargs["filter"] = "fully_trusted"
+            tar.extractall(staging, members=members, **kwargs)  # noqa: S202
+    except (tarfile.TarError, EOFError) as exc:
+        remove_path(staging)
+        raise Failure(f"{package}: not a readable tarball: {one_line(str(exc))}", "extract") from None
+    except OSError as exc:
+        remove_path(staging)
+        if exc.errno == errno.ENOSPC:
+            message = f"no space left on {ctx.host}:{staging} while unpacking {package}"
+            raise Failure(message, "extract") from None
+        raise
+    top = ctx.service()["dir"]
+    staged = os.path.join(staging, top) if top else staging
+    if not os.path.isdir(staged):
+        remove_path(staging)
+        raise Failure(f"{package} has no {top}/ directory", "extract")
+    return staged
+
+
+def swap_in(ctx: Ctx, staged: str, fresh: bool) -> List[str]:
+    """Delete every match of the replace globs and move the staged matches in."""
+    base = ctx.service_dir()
+    os.makedirs(base, exist_ok=True)
+    moved: List[str] = []
+    for pattern in ctx.service()["replace"]:
+        for old in matches(base, pattern):
+            remove_path(old)
+        for new in matches(staged, pattern):
+            rel = os.path.relpath(new, staged)
+            dst = os.path.join(base, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            remove_path(dst)
+            os.rename(new, dst)
+            moved.append(rel)
+    if fresh:
+        # The service was not on this host: it also needs the package's conf/ and the rest.
+        for name in sorted(os.listdir(staged)):
+            dst = os.path.join(base, name)
+            if not os.path.lexists(dst):
+                os.rename(os.path.join(staged, name), dst)
+    return moved
+
+
+# ---------------------------------------------------------------- ops
+
+
+def op_probe(ctx: Ctx) -> Dict[str, Any]:
+    """Java, the install path, free space, and every service's version and nodes."""
+    spec = ctx.spec
+    java_home = spec.get("java_home") or _profile_java_home(ctx, str(spec.get("profile") or "/etc/profile"))
+    if java_home:
+        ctx.env["JAVA_HOME"] = java_home
+    ctx.step = "java"
+    java_version = _java_version(ctx, java_home) if java_home else None
+    install_path = ctx.need("install_path")
+    free = {str(p): free_bytes(str(p)) for p in spec.get("df_paths") or []}
+    services: Dict[str, Any] = {}
+    listings: Dict[str, Done] = {}
+    for svc in spec.get("services") or []:
+        ctx.step = f"probe {svc['name']}"
+        one = Ctx(dict(spec, service=svc))
+        one.env = ctx.env
+        version = installed_version(one)
+        nodes: List[Dict[str, Any]] = []
+        if svc["node_kind"] == "port":
+            nodes = list_nodes(one, listings)
+        elif svc["node_kind"] == "daemon" and (version is not None or has_ctl(one)):
+            pid = daemon_pid(one)
+            nodes = [{"port": None, "pid": pid, "running": pid is not None}]
+        services[svc["name"]] = {"version": version, "nodes": nodes}
+    return {
+        "java_home": java_home or None,
+        "java_version": java_version,
+        "install_path_exists": os.path.isdir(install_path),
+        "user": pwd.getpwuid(os.geteuid()).pw_name,
+        "free": free,
+        "services": services,
+    }
+
+
+def _profile_java_home(ctx: Ctx, profile: str) -> str:
+    ctx.step = "profile"
+    env = dict(ctx.env)
+    env.pop("JAVA_HOME", None)
+    saved, ctx.env = ctx.env, env
+    try:
+        done = run_command(ctx, ["bash", "-c", _PROFILE_JAVA_HOME, "scmflow-probe", profile], 60, check=False)
+    finally:
+        ctx.env = saved
+    return done.out.strip()
+
+
+def _java_version(ctx: Ctx, java_home: str) -> Optional[str]:
+    java = os.path.join(java_home, "bin", "java")
+    if not os.path.isfile(java):
+        return None
+    try:
+        done = run_command(ctx, [java, "-version"], 60, check=False)
+    except Failure:
+        return None
+    m = _JAVA_VERSION.search(done.err + done.out)
+    return m.group(1) if m else None
+
+
+def op_backup(ctx: Ctx) -> Dict[str, Any]:
+    """Copy what the upgrade will replace into the backup dir, then mark it complete."""
+    backup_dir = ctx.need("backup_dir")
+    files, manifest_path, marker = backup_paths(backup_dir)
+    ctx.step = "check"
+    done = complete_manifest(ctx, backup_dir)
+    if done is not None:
+        return {"already": True, "paths": done.get("paths", []), "version": done.get("version")}
+    remove_path(backup_dir)
+    base = ctx.service_dir()
+    version = installed_version(ctx)
+    rels = replaced_matches(ctx)
+    size = sum(walk_size(os.path.join(base, rel)) for rel in rels)
+    ctx.step = "space"
+    require_space(ctx, backup_dir, size)
+    ctx.step = "copy"
+    try:
+        os.makedirs(files, 0o750)
+        for rel in rels:
+            dst = os.path.join(files, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            copy_tree(os.path.join(base, rel), dst)
+        manifest = {
+            "service": ctx.service()["name"],
+            "version": version,
+            "paths": rels,
+            "dir_existed": os.path.isdir(base),
+            "bytes": size,
+        }
+        write_atomic(manifest_path, json.dumps(manifest, sort_keys=True).encode())
+        # The copies must be on disk before the marker says they are.
+        os.sync()
+        ctx.step = "mark"
+        write_atomic(marker, json.dumps({"time": time.time()}).encode())
+    except OSError as exc:
+        remove_path(backup_dir)
+        if exc.errno == errno.ENOSPC:
+            raise Failure(f"no space left on {ctx.host}:{backup_dir} during the backup", "copy") from None
+        raise
+    return {"already": False, "paths": rels, "version": version, "bytes": size}
+
+
+def op_replace(ctx: Ctx) -> Dict[str, Any]:
+    """Stop the nodes and swap the service's files for the package's; conf/ and data stay."""
+    backup_dir = ctx.need("backup_dir")
+    new_version = ctx.need("new_version")
+    ctx.step = "check-backup"
+    manifest = complete_manifest(ctx, backup_dir)
+    if manifest is None:
+        raise Failure(f"refusing to replace: the backup {backup_dir} is not complete", "check-backup")
+    ctx.step = "extract"
+    staged = stage_package(ctx)
+    try:
+        ctx.step = "stop"
+        stopped = stop_service(ctx)
+        ctx.step = "swap"
+        moved = swap_in(ctx, staged, fresh=not manifest.get("dir_existed", True))
+        ctx.step = "preserve"
+        files = backup_paths(backup_dir)[0]
+        for rel in ctx.service().get("preserve") or []:
+            src = os.path.join(files, rel)
+            if os.path.lexists(src):
+                merge_tree(src, os.path.join(ctx.service_dir(), rel))
+    finally:
+        remove_path(staging_dir(ctx))
+    ctx.step = "check-version"
+    found = installed_version(ctx)
+    if found != new_version:
+        raise Failure(f"after the replace the version on disk is {found or 'none'}, not {new_version}")
+    return {"stopped": stopped["stopped"], "replaced": moved, "version": found}
+
+
+def op_restart(ctx: Ctx) -> Dict[str, Any]:
+    """Start exactly the nodes that ran before the upgrade."""
+    spec = ctx.spec
+    ports = [int(p) for p in spec.get("ports") or []]
+    return start_service(ctx, ports, bool(spec.get("daemon")), float(spec.get("timeout") or 300))
+
+
+def op_verify(ctx: Ctx) -> Dict[str, Any]:
+    """The new version is on disk once and every listed node runs and answers."""
+    spec = ctx.spec
+    ports = [int(p) for p in spec.get("ports") or []]
+    problems, state = health_problems(
+        ctx, spec.get("version"), ports, bool(spec.get("daemon")), float(spec.get("wait") or 60)
+    )
+    if problems:
+        raise Failure("; ".join(problems), "verify")
+    return state
+
+
+def op_restore(ctx: Ctx) -> Dict[str, Any]:
+    """Put the backup back exactly, restart the nodes that ran, verify the old version."""
+    spec = ctx.spec
+    backup_dir = ctx.need("backup_dir")
+    manifest = complete_manifest(ctx, backup_dir)
+    if manifest is None:
+        # replace refuses to run without a complete backup, so nothing was replaced.
+        remove_path(backup_dir)
+        return {"restored": False}
+    ctx.step = "stop"
+    stop_service(ctx)
+    ctx.step = "restore"
+    base = ctx.service_dir()
+    files = backup_paths(backup_dir)[0]
+    remove_path(staging_dir(ctx))
+    if os.path.isdir(base):
+        for rel in replaced_matches(ctx):
+            remove_path(os.path.join(base, rel))
+    for rel in manifest.get("paths") or []:
+        dst = os.path.join(base, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        copy_tree(os.path.join(files, rel), dst)
+    if not manifest.get("dir_existed", True) and ctx.service()["dir"]:
+        remove_path(base)
+    ctx.step = "start"
+    ports = [int(p) for p in spec.get("ports") or []]
+    timeout = float(spec.get("timeout") or 300)
+    started = start_service(ctx, ports, bool(spec.get("daemon")), timeout)
+    ctx.step = "verify"
+    problems, state = health_problems(
+        ctx, spec.get("old_version"), ports, bool(spec.get("daemon")), min(timeout, 60.0)
+    )
+    if problems:
+        raise Failure("after the restore: " + "; ".join(problems), "verify")
+    return dict(state, restored=True, started=started["started"])
+
+
+def op_abandon(ctx: Ctx) -> Dict[str, Any]:
+    """Remove an incomplete backup; keep a complete one."""
+    backup_dir = ctx.need("backup_dir")
+    if complete_manifest(ctx, backup_dir) is not None:
+        return {"removed": False}
+    existed = os.path.lexists(backup_dir)
+    remove_path(backup_dir)
+    return {"removed": existed}
+
+
+def op_prepare(ctx: Ctx) -> Dict[str, Any]:
+    """mkdir -p each dir with its mode; `owner` chowns it and the parents it made; `fresh` must be new."""
+    created: List[str] = []
+    for entry in ctx.spec.get("dirs") or []:
+        path = os.path.abspath(str(entry["path"]))
+        ctx.step = f"mkdir {path}"
+        if entry.get("fresh") and os.path.lexists(path):
+            raise Failure(f"{path} already exists on {ctx.host}; a run never reuses it", "prepare")
+        new: List[str] = []
+        probe = path
+        while not os.path.lexists(probe):
+            new.append(probe)
+            probe = os.path.dirname(probe)
+        os.makedirs(path, exist_ok=True)
+        mode = entry.get("mode")
+        if mode is not None:
+            os.chmod(path, int(mode, 8) if isinstance(mode, str) else int(mode))
+        owner = entry.get("owner")
+        if owner:
+            try:
+                user = pwd.getpwnam(str(owner))
+            except KeyError:
+                raise Failure(f"no user '{owner}' on {ctx.host}", "chown") from None
+            for p in set(new) | {path}:
+                os.chown(p, user.pw_uid, user.pw_gid)
+        created.extend(reversed(new))
+    return {"created": created}
+
+
+def op_exists(ctx: Ctx) -> Dict[str, Any]:
+    """Which of the given paths exist."""
+    return {"exists": [str(p) for p in ctx.spec.get("paths") or [] if os.path.lexists(str(p))]}
+
+
+def op_lock(ctx: Ctx) -> Dict[str, Any]:
+    """Take the run lock: a file created exclusively; `force` takes it from another run."""
+    spec = ctx.spec
+    path = ctx.need("lock_path")
+    mine = {
+        "run_id": ctx.need("run_id"),
+        "control_host": spec.get("control_host"),
+        "pid": spec.get("pid"),
+        "host": ctx.host,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    data = json.dumps(mine, sort_keys=True).encode()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        holder = read_json(path) or {}
+        if holder.get("run_id") == ctx.need("run_id"):
+            return {"locked": True, "already": True}
+        if not spec.get("force"):
+            raise Failure(
+                f"{path} on {ctx.host} is held by run {holder.get('run_id', '?')} from "
+                f"{holder.get('control_host', '?')} (pid {holder.get('pid', '?')}) "
+                f"since {holder.get('time', '?')}",
+                "lock",
+            ) from None
+        write_atomic(path, data)
+        return {"locked": True, "replaced": holder}
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"locked": True}
+
+
+def op_unlock(ctx: Ctx) -> Dict[str, Any]:
+    """Release the run lock if this run holds it."""
+    path = ctx.need("lock_path")
+    holder = read_json(path)
+    if not os.path.lexists(path):
+        return {"removed": False}
+    if holder is None or holder.get("run_id") != ctx.need("run_id"):
+        return {"removed": False, "holder": holder}
+    os.unlink(path)
+    return {"removed": True}
+
+
+_OPS: Dict[str, Callable[[Ctx], Dict[str, Any]]] = {
+    "probe": op_probe,
+    "backup": op_backup,
+    "replace": op_replace,
+    "restart": op_restart,
+    "verify": op_verify,
+    "restore": op_restore,
+    "abandon": op_abandon,
+    "prepare": op_prepare,
+    "exists": op_exists,
+    "lock": op_lock,
+    "unlock": op_unlock,
+}
+# These manage the run lock themselves, or change nothing.
+_UNLOCKED_OPS = ("lock", "unlock", "probe", "prepare", "exists")
+
+
+def hold_step_lock(ctx: Ctx, op: str) -> Optional[int]:
+    """With spec `lock_path`, hold an flock on it for the op so two steps never overlap."""
+    path = ctx.spec.get("lock_path")
+    if not path or op in _UNLOCKED_OPS:
+        return None
+    ctx.step = "step-lock"
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+
+    def take() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    if not wait_for(take, float(ctx.spec.get("lock_wait") or 30)):
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise Failure(f"another scmflow step (pid {holder}) holds {path} on {ctx.host}", "step-lock")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def main(argv: List[str]) -> int:
+    """Run one op; print its JSON reply as the last stdout line; 0 on success, 1 on failure."""
+    ctx: Optional[Ctx] = None
+    try:
+        if len(argv) != 2:
+            raise Failure("usage: agent OP SPEC-JSON", "args")
+        op, raw = argv
+        handler = _OPS.get(op)
+        if handler is None:
+            raise Failure(f"unknown op '{op}'", "args")
+        spec = json.loads(raw)
+        if not isinstance(spec, dict):
+            raise Failure("the spec is not a JSON object", "args")
+        ctx = Ctx(spec)
+        hold_step_lock(ctx, op)
+        ctx.step = op
+        reply: Dict[str, Any] = {"ok": True}
+        reply.update(handler(ctx))
+        code = 0
+    except Failure as exc:
+        reply = {"ok": False, "error": one_line(exc.message), "step": exc.step or _step(ctx)}
+        code = 1
+    except BaseException as exc:  # noqa: B036 - the control machine must always get a reply
+        message = one_line(f"{type(exc).__name__}: {exc}")
+        reply = {"ok": False, "error": message, "step": _step(ctx), "trace": traceback.format_exc()}
+        code = 1
+    sys.stdout.write("\n" + json.dumps(reply, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return code
+
+
+def _step(ctx: Optional[Ctx]) -> str:
+    return ctx.step if ctx is not None else "args"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,385 @@
+"""The command line: `scm.py cluster --upgrade/--rollback`, `scm.py status ...`, `scm.py demo`.
+
+This layer parses options, prompts and prints; the work happens in the core modules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from scmflow import __version__
+from scmflow.catalog import load_catalog
+from scmflow.errors import ScmflowError, UsageError
+
+LOG = logging.getLogger("scmflow")
+
+
+class Printer:
+    """Prints operator lines as the original tool does (`[INFO ] ...`), and logs them."""
+
+    def __init__(self, *, to_stderr: bool = False) -> None:
+        self.err = to_stderr
+        self._lock = threading.Lock()
+        self._last_transfer: dict[str, float] = {}
+
+    def info(self, message: str) -> None:
+        """`[INFO ] message`."""
+        self._emit("[INFO ] " + message)
+
+    def warn(self, message: str) -> None:
+        """`[WARN ] message`."""
+        self._emit("[WARN ] " + message)
+
+    def error(self, message: str) -> None:
+        """`[ERROR] message`, always on stderr."""
+        LOG.error(message)
+        with self._lock:
+            click.echo("[ERROR] " + message, err=True)
+
+    def transfer(self, host: str, sent: int, total: int) -> None:
+        """Package transfer progress: logged; shown on a terminal at most twice a second."""
+        now = time.monotonic()
+        if sent < total and now - self._last_transfer.get(host, 0.0) < 0.5:
+            return
+        self._last_transfer[host] = now
+        LOG.debug("sent %d/%d bytes to %s", sent, total, host)
+        stream = sys.stderr
+        if stream.isatty():
+            pct = 100 * sent // total if total else 100
+            with self._lock:
+                click.echo(f"\r  {host}: {pct:3d}% of {total / 1e6:.1f} MB", nl=sent >= total, err=True)
+
+    def _emit(self, line: str) -> None:
+        LOG.info(line)
+        with self._lock:
+            click.echo(line, err=self.err)
+
+
+def fail(printer: Printer, error: ScmflowError) -> NoReturn:
+    """Print one `[ERROR]` line and exit with the error's code."""
+    printer.error(error.message)
+    sys.exit(error.exit_code)
+
+
+def csv_option(value: str | None) -> tuple[str, ...] | None:
+    """`a,b` -> ("a", "b"); None or empty -> None."""
+    if not value:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    return items or None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="scmflow")
+def main() -> None:
+    """Upgrade and roll back a SequoiaCM cluster in one command.
+
+    \b
+    Examples:
+      scm.py cluster --upgrade --upgrade-conf sequoiacm-deploy/conf/upgrade.cfg
+      scm.py cluster --rollback --upgrade-status-path sequoiacm-deploy/upgrade-status/upgrade_status_...
+      scm.py status show sequoiacm-deploy/upgrade-status/upgrade_status_...
+    """
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The `cluster` command's options, validated."""
+
+    upgrade: bool
+    rollback: bool
+    upgrade_conf: Path | None
+    status_path: Path | None
+    release_dir: Path
+    hosts: tuple[str, ...] | None
+    services: tuple[str, ...] | None
+    unattended: bool
+    dry_run: bool
+    output: str
+    parallel: int
+    parallel_ssh: int
+    status_dir: Path
+    start_timeout: int
+    accept_new_host_keys: bool
+
+
+@main.command(
+    "cluster",
+    epilog="""\b
+Examples:
+  upgrade every host and service of the config, asking before any change:
+    scm.py cluster --upgrade --upgrade-conf sequoiacm-deploy/conf/upgrade.cfg
+  show what would be done, as JSON, changing nothing:
+    scm.py cluster --upgrade --upgrade-conf upgrade.cfg --dry-run --output json
+  upgrade two hosts, four at a time, without a prompt:
+    scm.py cluster --upgrade --upgrade-conf upgrade.cfg --host h1,h2 --parallel 4 --unattended
+  continue an interrupted or failed upgrade:
+    scm.py cluster --upgrade --upgrade-status-path sequoiacm-deploy/upgrade-status/upgrade_status_...
+  roll back what an upgrade did (all of it, or only some hosts/services):
+    scm.py cluster --rollback --upgrade-status-path .../upgrade_status_... --service gateway
+""",
+)
+@click.option("--upgrade", is_flag=True, help="Upgrade the cluster (or resume, with --upgrade-status-path).")
+@click.option("--rollback", is_flag=True, help="Roll back what the status file records.")
+@click.option(
+    "--upgrade-conf", type=click.Path(path_type=Path), help="The upgrade configuration (upgrade.cfg)."
+)
+@click.option(
+    "--upgrade-status-path",
+    "status_path",
+    type=click.Path(path_type=Path),
+    help="An upgrade status file: rollback reads it; with --upgrade, the run it records is resumed.",
+)
+@click.option(
+    "--release-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default="the current directory",
+    help="The unpacked new release (holds package/).",
+)
+@click.option("--host", "hosts", help="Only these hosts (comma-separated).")
+@click.option(
+    "--service", "services", help="Only these services (comma-separated); overrides service= in the config."
+)
+@click.option("--unattended", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and every remote step, change nothing.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Hosts upgraded at once within a service.",
+)
+@click.option(
+    "--parallel-ssh",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Hosts checked and sent packages at once.",
+)
+@click.option(
+    "--status-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where status files go [default: RELEASE_DIR/sequoiacm-deploy/upgrade-status].",
+)
+@click.option(
+    "--start-timeout",
+    type=click.IntRange(1, 86400),
+    default=300,
+    show_default=True,
+    help="Seconds a node may take to start.",
+)
+@click.option(
+    "--accept-new-host-keys",
+    is_flag=True,
+    help="Record unknown SSH host keys in known_hosts (a changed key is still refused).",
+)
+def cluster(**raw: Any) -> None:
+    """Upgrade or roll back a SequoiaCM cluster (the vendor's `scm.py cluster`)."""
+    printer = Printer(to_stderr=raw["output"] == "json")
+    try:
+        options = _cluster_options(raw)
+        from scmflow import operate
+
+        code = operate.run_cluster(options, printer, catalog=load_catalog())
+    except ScmflowError as exc:
+        fail(printer, exc)
+    sys.exit(code)
+
+
+def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
+    if raw["upgrade"] == raw["rollback"]:
+        raise UsageError("give exactly one of --upgrade and --rollback")
+    if raw["rollback"] and not raw["status_path"]:
+        raise UsageError("--rollback needs --upgrade-status-path FILE")
+    if raw["upgrade"] and not raw["upgrade_conf"] and not raw["status_path"]:
+        raise UsageError("--upgrade needs --upgrade-conf FILE (or --upgrade-status-path FILE to resume)")
+    release_dir = Path(raw["release_dir"])
+    status_dir = (
+        Path(raw["status_dir"]) if raw["status_dir"] else release_dir / "sequoiacm-deploy" / "upgrade-status"
+    )
+    return ClusterOptions(
+        upgrade=raw["upgrade"],
+        rollback=raw["rollback"],
+        upgrade_conf=raw["upgrade_conf"],
+        status_path=raw["status_path"],
+        release_dir=release_dir,
+        hosts=csv_option(raw["hosts"]),
+        services=csv_option(raw["services"]),
+        unattended=raw["unattended"],
+        dry_run=raw["dry_run"],
+        output=raw["output"],
+        parallel=raw["parallel"],
+        parallel_ssh=raw["parallel_ssh"],
+        status_dir=status_dir,
+        start_timeout=raw["start_timeout"],
+        accept_new_host_keys=raw["accept_new_host_keys"],
+    )
+
+
+@contextmanager
+def interrupt_handler(printer: Printer) -> Iterator[threading.Event]:
+    """First Ctrl-C: finish the step in flight and stop; second: abandon at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        printer.warn("Interrupted: finishing the step in flight, then stopping (Ctrl-C again to abandon it)")
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def confirm(printer: Printer, question: str) -> bool:
+    """The original's prompt: `Whether to ...?` then `Please enter (y/n) confirm:`."""
+    printer.info(question)
+    click.echo("Please enter (y/n) confirm:", nl=False)
+    line = sys.stdin.readline()
+    return line.strip().lower() in ("y", "yes")
+
+
+def echo_json(document: Any) -> None:
+    """One JSON document on stdout."""
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def stamp_path(directory: Path, prefix: str, suffix: str = "") -> Path:
+    """`directory/prefix<timestamp>suffix`."""
+    return directory / f"{prefix}{time.strftime('%Y-%m-%d-%H:%M:%S')}{suffix}"
+
+
+def open_run_log(status_dir: Path, printer: Printer) -> Path:
+    """Start the debug log of this run and tell the operator where it is."""
+    from scmflow.report import open_log
+
+    log_dir = status_dir.parent / "log"
+    path = stamp_path(log_dir, "scmflow_")
+    try:
+        open_log(path, LOG)
+    except OSError as exc:
+        raise ScmflowError(f"cannot write the log file {path}: {exc}") from exc
+    printer.info(f"Log file location:{path}")
+    return path
+
+
+@main.group(
+    "status",
+    epilog="""\b
+Examples:
+  scm.py status list --status-dir sequoiacm-deploy/upgrade-status
+  scm.py status show sequoiacm-deploy/upgrade-status/upgrade_status_2026-11-26-10:00:00 --timeline
+  scm.py status verify sequoiacm-deploy/upgrade-status/upgrade_status_2026-11-26-10:00:00
+  scm.py status export FILE --format json > run.json
+  scm.py status diagram
+""",
+)
+def status() -> None:
+    """Read upgrade status files: show, verify, export, list, and the pair lifecycle diagram."""
+
+
+_STATUS_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+@status.command("show")
+@click.argument("path", type=_STATUS_FILE)
+@click.option("--timeline", is_flag=True, help="Also list every event in order, errors in full.")
+@click.option("--width", type=click.IntRange(60, 400), default=100, show_default=True)
+def status_show(path: Path, timeline: bool, width: int) -> None:
+    """Who ran the upgrade, when, on which hosts, and where every pair ended."""
+    from scmflow.journal import read_journal
+    from scmflow.statusview import render_show
+
+    printer = Printer()
+    try:
+        click.echo(render_show(read_journal(_existing(path)), timeline=timeline, width=width))
+    except ScmflowError as exc:
+        fail(printer, exc)
+
+
+@status.command("verify")
+@click.argument("path", type=_STATUS_FILE)
+def status_verify(path: Path) -> None:
+    """Check the format and the whole hash chain; exit 1 naming the first bad record."""
+    from scmflow.journal import verify_journal
+
+    printer = Printer()
+    try:
+        result = verify_journal(_existing(path))
+    except ScmflowError as exc:
+        fail(printer, exc)
+    if not result.ok:
+        printer.error(result.message)
+        sys.exit(1)
+    click.echo(result.message)
+
+
+@status.command("export")
+@click.argument("path", type=_STATUS_FILE)
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+def status_export(path: Path, fmt: str) -> None:
+    """The whole status file as one JSON document (schema: docs/status-file.md)."""
+    from scmflow.journal import read_journal
+    from scmflow.statusview import export_json
+
+    printer = Printer()
+    try:
+        echo_json(export_json(read_journal(_existing(path))))
+    except ScmflowError as exc:
+        fail(printer, exc)
+
+
+@status.command("list")
+@click.option(
+    "--status-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="sequoiacm-deploy/upgrade-status",
+    show_default=True,
+)
+def status_list(status_dir: Path) -> None:
+    """The status files of a directory, newest first, one line each with the run's outcome."""
+    from scmflow.statusview import list_status_files, render_list
+
+    printer = Printer()
+    if not status_dir.is_dir():
+        fail(printer, UsageError(f"status directory {status_dir} does not exist"))
+    try:
+        click.echo(render_list(list_status_files(status_dir)))
+    except ScmflowError as exc:
+        fail(printer, exc)
+
+
+@status.command("diagram")
+def status_diagram() -> None:
+    """The pair lifecycle (states/pair.toml) as a Mermaid state diagram."""
+    from scmflow.statusview import render_diagram
+
+    printer = Printer()
+    try:
+        click.echo(render_diagram())
+    except ScmflowError as exc:
+        fail(printer, exc)
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise UsageError(f"status file {path} does not exist")
+    return path

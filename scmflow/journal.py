@@ -1,0 +1,777 @@
+"""The upgrade-status file: an append-only, fsynced, hash-chained msgpack journal.
+
+On disk every record is one msgpack array `[payload, digest]`: `payload` is a packed map
+and `digest` its sha256. Record 0 is the header; every later payload carries its `seq`
+and `prev`, the digest of the record before it. A crash can only leave an incomplete
+last record (a torn tail), which readers report and ignore; any other damage breaks a
+digest, the chain or the framing, and is reported with the first bad record.
+See docs/status-file.md for the format.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from scmflow.errors import JournalError, LockError
+
+FORMAT = "scmflow-status"
+FORMAT_VERSION = 1
+FILE_PREFIX = "upgrade_status_"
+NAME_TIME_FORMAT = "%Y-%m-%d-%H:%M:%S"
+EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run"})
+PAIR_KINDS = frozenset({"begin", "transition", "fail"})
+INITIAL_STATE = "pending"
+FAILED_STATE = "failed"
+
+# Keys the journal sets itself; a caller passing them would corrupt the chain's meaning.
+_EVENT_RESERVED = frozenset({"seq", "time", "epoch", "prev"})
+_HEADER_RESERVED = frozenset({"format", "format_version", "seq", "time", "epoch", "prev"})
+_SECRET_WORDS = ("password", "passwd", "secret", "token")
+_DIGEST_SIZE = 32
+_FRAME_START = 0x92  # msgpack fixarray of two
+_DIGEST_HEAD = b"\xc4\x20"  # msgpack bin8 of 32 bytes
+_BIN_LENGTH_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_MAGIC_WINDOW = 64
+_MAX_NAME_SUFFIX = 1000
+
+Clock = Callable[[], float]
+
+
+class TamperedJournal(JournalError):
+    """A status file whose records were changed, reordered or cut in the middle."""
+
+    def __init__(self, path: Path, seq: int, offset: int, reason: str) -> None:
+        super().__init__(
+            f"{path} is damaged or was tampered with: record {seq} (byte offset {offset}) {reason}"
+        )
+        self.path = path
+        self.seq = seq
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class JournalContents:
+    """Every intact record of a status file, plus what was wrong with its tail."""
+
+    path: Path
+    header: dict[str, Any]
+    records: tuple[dict[str, Any], ...]
+    digests: tuple[bytes, ...]
+    torn_tail: bool
+    torn_offset: int | None
+    size: int
+    problems: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        """Intact records, the header included."""
+        return 1 + len(self.records)
+
+    @property
+    def clean_size(self) -> int:
+        """Bytes covered by intact records (where a torn tail starts)."""
+        return self.size if self.torn_offset is None else self.torn_offset
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The verdict on a status file's integrity."""
+
+    ok: bool
+    count: int
+    first_bad_seq: int | None
+    message: str
+    first_bad_offset: int | None = None
+    torn_tail: bool = False
+
+
+@dataclass(frozen=True)
+class PairReplay:
+    """One pair's state as the status file tells it."""
+
+    host: str
+    service: str
+    old_version: str | None
+    new_version: str | None
+    state: str
+    in_flight: str | None
+    last_error: str | None
+    history: tuple[dict[str, Any], ...]
+    in_plan: bool = True
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(host, service)."""
+        return (self.host, self.service)
+
+    @property
+    def started(self) -> float | None:
+        """Epoch of the pair's first `begin`."""
+        return next((_epoch(r) for r in self.history if r.get("kind") == "begin"), None)
+
+    @property
+    def finished(self) -> float | None:
+        """Epoch of the pair's last `transition` or `fail`."""
+        settled = [r for r in self.history if r.get("kind") in ("transition", "fail")]
+        return _epoch(settled[-1]) if settled else None
+
+
+def format_time(epoch: float) -> str:
+    """UTC ISO-8601 with milliseconds, e.g. `2024-05-01T08:00:00.123Z`."""
+    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def find_secret_key(value: Any, where: str = "") -> str | None:
+    """Path of the first key named like a secret (password, token, ...) at any depth."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if any(word in str(key).lower() for word in _SECRET_WORDS):
+                return path
+            found = find_secret_key(item, path)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_secret_key(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+class Journal:
+    """An open status file that records are appended to, one fsynced record at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        header: dict[str, Any],
+        *,
+        seq: int,
+        last_digest: bytes,
+        clock: Clock,
+    ) -> None:
+        self.path = path
+        self.header = header
+        self._fd: int | None = fd
+        self._seq = seq
+        self._last_digest = last_digest
+        self._clock = clock
+        self._broken: str | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        status_dir: Path,
+        header: Mapping[str, Any],
+        *,
+        now: datetime | None = None,
+        clock: Clock = time.time,
+    ) -> Journal:
+        """Create a new status file in `status_dir` and write its header (record 0)."""
+        _check_header(header)
+        epoch = now.timestamp() if now is not None else float(clock())
+        status_dir = Path(status_dir)
+        _ensure_status_dir(status_dir)
+        path, fd = _create_exclusive(status_dir, datetime.fromtimestamp(epoch))
+        record: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "seq": 0,
+            "time": format_time(epoch),
+            "epoch": epoch,
+            **header,
+        }
+        try:
+            _lock_file(fd, path)
+            digest, frame = _encode(record)
+            _write_all(fd, frame)
+            os.fsync(fd)
+            _fsync_dir(status_dir)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(path, fd, record, seq=0, last_digest=digest, clock=clock)
+
+    @classmethod
+    def open_for_append(cls, path: Path, *, clock: Clock = time.time) -> Journal:
+        """Open an existing status file to continue it (resume, rollback); repairs a torn tail."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise JournalError(f"cannot open status file {path}: {exc.strerror or exc}") from exc
+        try:
+            _lock_file(fd, path)
+            contents = read_journal(path)
+            journal = cls(
+                path,
+                fd,
+                contents.header,
+                seq=contents.count - 1,
+                last_digest=contents.digests[-1],
+                clock=clock,
+            )
+            if contents.torn_tail:
+                _truncate(fd, path, contents.clean_size)
+                journal.append(
+                    {
+                        "kind": "note",
+                        "detail": {
+                            "message": "removed the incomplete last record left by an interrupted write",
+                            "torn_offset": contents.clean_size,
+                            "torn_bytes": contents.size - contents.clean_size,
+                        },
+                    }
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return journal
+
+    @property
+    def seq(self) -> int:
+        """Seq of the last record written."""
+        return self._seq
+
+    @property
+    def last_digest(self) -> bytes:
+        """Digest of the last record written; the next record's `prev`."""
+        return self._last_digest
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._fd is None
+
+    def append(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one event record; it is on disk (fsynced) when this returns."""
+        _check_event(event)
+        with self._lock:
+            fd = self._writable_fd()
+            epoch = float(self._clock())
+            record: dict[str, Any] = {
+                "seq": self._seq + 1,
+                "time": format_time(epoch),
+                "epoch": epoch,
+                "prev": self._last_digest,
+                **event,
+            }
+            digest, frame = _encode(record)
+            self._write_record(fd, frame)
+            self._seq += 1
+            self._last_digest = digest
+        return record
+
+    def close(self) -> None:
+        """Release the file; appending afterwards is an error."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _writable_fd(self) -> int:
+        if self._fd is None:
+            raise JournalError(f"status file {self.path} is closed")
+        if self._broken is not None:
+            raise JournalError(f"status file {self.path} cannot be appended to: {self._broken}")
+        return self._fd
+
+    def _write_record(self, fd: int, frame: bytes) -> None:
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, frame)
+            os.fsync(fd)
+        except OSError as exc:
+            # A partial record followed by later ones would read as tampering: cut it off.
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                self._broken = f"a failed write could not be undone ({exc.strerror or exc})"
+            raise JournalError(
+                f"cannot write to status file {self.path}: {exc.strerror or exc}"
+            ) from exc
+
+
+def read_journal(path: Path) -> JournalContents:
+    """Read and verify a status file; a torn last record is reported, any other damage raises."""
+    path = Path(path)
+    data = _read_bytes(path)
+    scan = _scan(path, data)
+    if scan.damage is not None:
+        raise TamperedJournal(path, *scan.damage)
+    if not scan.payloads:
+        raise JournalError(f"{path} holds no complete header: it was cut off while being created")
+    problems: list[str] = []
+    if scan.torn_offset is not None:
+        problems.append(
+            f"the last record (seq {len(scan.payloads)}, byte offset {scan.torn_offset}, "
+            f"{len(data) - scan.torn_offset} bytes) is incomplete, left by an interrupted write; "
+            "it was ignored"
+        )
+    for record in scan.payloads[1:]:
+        kind = record.get("kind")
+        if kind not in EVENT_KINDS:
+            problems.append(f"record {record.get('seq')} has an unknown kind {kind!r}")
+    return JournalContents(
+        path=path,
+        header=scan.payloads[0],
+        records=tuple(scan.payloads[1:]),
+        digests=tuple(scan.digests),
+        torn_tail=scan.torn_offset is not None,
+        torn_offset=scan.torn_offset,
+        size=len(data),
+        problems=tuple(problems),
+    )
+
+
+def verify_journal(path: Path) -> VerifyResult:
+    """Check every record's digest and the chain; raises only for files that are not status files."""
+    path = Path(path)
+    data = _read_bytes(path)
+    scan = _scan(path, data)
+    count = len(scan.payloads)
+    if scan.damage is not None:
+        seq, offset, reason = scan.damage
+        message = str(TamperedJournal(path, seq, offset, reason))
+        return VerifyResult(False, count, seq, message, first_bad_offset=offset)
+    if scan.torn_offset is not None:
+        message = (
+            f"{path}: {count} records intact; the last record (seq {count}, byte offset "
+            f"{scan.torn_offset}) is incomplete, left by an interrupted write"
+        )
+        return VerifyResult(False, count, count, message, scan.torn_offset, torn_tail=True)
+    return VerifyResult(True, count, None, f"{path}: {count} records intact, chain unbroken")
+
+
+def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:
+    """Each planned pair's committed state, action in flight and history, in plan order."""
+    pairs: dict[tuple[str, str], _PairProgress] = {}
+    for entry in _plan_entries(contents):
+        key = (entry["host"], entry["service"])
+        pairs[key] = _PairProgress(
+            entry["host"], entry["service"], entry.get("old_version"), entry.get("new_version")
+        )
+    for record in contents.records:
+        host, service = record.get("host"), record.get("service")
+        if not isinstance(host, str) or not isinstance(service, str):
+            continue
+        progress = pairs.get((host, service))
+        if progress is None:
+            progress = pairs[(host, service)] = _PairProgress(host, service, None, None, in_plan=False)
+        progress.apply(record)
+    return {key: progress.freeze() for key, progress in pairs.items()}
+
+
+class _PairProgress:
+    """Mutable accumulator behind `replay`."""
+
+    def __init__(
+        self,
+        host: str,
+        service: str,
+        old_version: Any,
+        new_version: Any,
+        *,
+        in_plan: bool = True,
+    ) -> None:
+        self.host = host
+        self.service = service
+        self.old_version = None if old_version is None else str(old_version)
+        self.new_version = None if new_version is None else str(new_version)
+        self.in_plan = in_plan
+        self.state = INITIAL_STATE
+        self.in_flight: str | None = None
+        self.last_error: str | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def apply(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        kind = record.get("kind")
+        if kind == "begin":
+            self.in_flight = str(record.get("trigger"))
+        elif kind == "transition":
+            self.state = str(record.get("dst"))
+            self.in_flight = None
+        elif kind == "fail":
+            self.state = FAILED_STATE
+            self.in_flight = None
+            self.last_error = error_text(record.get("detail"))
+
+    def freeze(self) -> PairReplay:
+        return PairReplay(
+            host=self.host,
+            service=self.service,
+            old_version=self.old_version,
+            new_version=self.new_version,
+            state=self.state,
+            in_flight=self.in_flight,
+            last_error=self.last_error,
+            history=tuple(self.history),
+            in_plan=self.in_plan,
+        )
+
+
+def error_text(detail: Any) -> str:
+    """The error message of a `fail` record's detail (a dict with `error`, or a string)."""
+    if isinstance(detail, Mapping):
+        error = detail.get("error")
+        return str(error) if error is not None else str(dict(detail))
+    return "" if detail is None else str(detail)
+
+
+def _plan_entries(contents: JournalContents) -> list[dict[str, Any]]:
+    plan = contents.header.get("plan", [])
+    if not isinstance(plan, list):
+        raise JournalError(f"{contents.path}: the header's plan is not a list")
+    for index, entry in enumerate(plan):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("host"), str)
+            and isinstance(entry.get("service"), str)
+        ):
+            raise JournalError(f"{contents.path}: plan entry {index} has no host and service")
+    return plan
+
+
+def _epoch(record: Mapping[str, Any]) -> float | None:
+    value = record.get("epoch")
+    return float(value) if isinstance(value, int | float) else None
+
+
+# --- checks on what is written ------------------------------------------------------
+
+
+def _check_header(header: Mapping[str, Any]) -> None:
+    if not isinstance(header, Mapping):
+        raise JournalError("the status file header must be a mapping")
+    secret = find_secret_key(header)
+    if secret is not None:
+        raise JournalError(f"refusing to write a secret into the status file (header key {secret})")
+    reserved = sorted(_HEADER_RESERVED.intersection(header))
+    if reserved:
+        raise JournalError(f"header keys {', '.join(reserved)} are set by the journal itself")
+
+
+def _check_event(event: Mapping[str, Any]) -> None:
+    if not isinstance(event, Mapping):
+        raise JournalError("a status file record must be a mapping")
+    kind = event.get("kind")
+    if kind not in EVENT_KINDS:
+        raise JournalError(f"unknown status record kind {kind!r}")
+    reserved = sorted(_EVENT_RESERVED.intersection(event))
+    if reserved:
+        raise JournalError(f"record keys {', '.join(reserved)} are set by the journal itself")
+    if kind in PAIR_KINDS:
+        for key in ("host", "service", "trigger"):
+            if not isinstance(event.get(key), str):
+                raise JournalError(f"a '{kind}' record needs '{key}' as a string")
+        if kind == "transition" and not isinstance(event.get("dst"), str):
+            raise JournalError("a 'transition' record needs 'dst' as a string")
+    secret = find_secret_key(event)
+    if secret is not None:
+        raise JournalError(f"refusing to write a secret into the status file (record key {secret})")
+
+
+def _encode(record: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    try:
+        payload: bytes = msgpack.packb(record, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise JournalError(f"cannot record {record.get('kind', 'header')!s}: {exc}") from exc
+    digest = hashlib.sha256(payload).digest()
+    frame: bytes = msgpack.packb([payload, digest], use_bin_type=True)
+    return digest, frame
+
+
+# --- the file system --------------------------------------------------------------
+
+
+def _ensure_status_dir(status_dir: Path) -> None:
+    if status_dir.is_dir():
+        return
+    try:
+        status_dir.parent.mkdir(parents=True, exist_ok=True)
+        status_dir.mkdir(mode=0o700)
+        os.chmod(status_dir, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        if not status_dir.is_dir():
+            raise JournalError(f"status dir {status_dir} exists and is not a directory") from None
+    except OSError as exc:
+        raise JournalError(f"cannot create status dir {status_dir}: {exc.strerror or exc}") from exc
+
+
+def _create_exclusive(status_dir: Path, local: datetime) -> tuple[Path, int]:
+    base = FILE_PREFIX + local.strftime(NAME_TIME_FORMAT)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    for number in range(1, _MAX_NAME_SUFFIX + 1):
+        path = status_dir / (base if number == 1 else f"{base}-{number}")
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise JournalError(f"cannot create status file {path}: {exc.strerror or exc}") from exc
+        os.fchmod(fd, 0o600)
+        return path, fd
+    raise JournalError(f"too many status files named {base} in {status_dir}")
+
+
+def _lock_file(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise LockError(f"status file {path} is in use by another scmflow run") from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _truncate(fd: int, path: Path, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:
+        raise JournalError(f"cannot cut the torn tail of {path}: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The new file's name must survive a crash as well as its bytes.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise JournalError(f"{path} is a directory, not an scmflow upgrade status file") from None
+    except OSError as exc:
+        raise JournalError(f"cannot read status file {path}: {exc.strerror or exc}") from exc
+
+
+# --- reading frames -----------------------------------------------------------------
+
+
+@dataclass
+class _Scan:
+    payloads: list[dict[str, Any]]
+    digests: list[bytes]
+    damage: tuple[int, int, str] | None = None
+    torn_offset: int | None = None
+
+
+def _scan(path: Path, data: bytes) -> _Scan:
+    """Walk the frames; stop at the first damage or at a torn tail."""
+    if not data:
+        raise JournalError(f"{path} is not an scmflow upgrade status file (it is empty)")
+    scan = _Scan([], [])
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
+    unpacker.feed(data)
+    offset = 0
+    while offset < len(data):
+        seq = len(scan.payloads)
+        try:
+            frame = unpacker.unpack()
+        except msgpack.OutOfData:
+            if _looks_torn(data[offset:]):
+                if seq == 0 and not _has_magic(data):
+                    raise _not_status_file(path) from None
+                scan.torn_offset = offset
+            else:
+                _damaged(scan, path, data, seq, offset, "is cut short or its framing was changed")
+            return scan
+        except Exception:  # mangled bytes raise many kinds of errors; all mean damage
+            _damaged(scan, path, data, seq, offset, "cannot be parsed")
+            return scan
+        reason = _accept(scan, path, data, seq, frame)
+        if reason is not None:
+            scan.damage = (seq, offset, reason)
+            return scan
+        offset = unpacker.tell()
+    return scan
+
+
+def _damaged(scan: _Scan, path: Path, data: bytes, seq: int, offset: int, reason: str) -> None:
+    # Damage before a header was read is only "tampering" if the file was ever ours.
+    if seq == 0 and not _has_magic(data):
+        raise _not_status_file(path)
+    scan.damage = (seq, offset, reason)
+
+
+def _accept(scan: _Scan, path: Path, data: bytes, seq: int, frame: Any) -> str | None:
+    """Append the frame's payload to `scan`, or say what is wrong with it."""
+    if not (
+        isinstance(frame, list)
+        and len(frame) == 2
+        and isinstance(frame[0], bytes)
+        and isinstance(frame[1], bytes)
+        and len(frame[1]) == _DIGEST_SIZE
+    ):
+        if seq == 0 and not _has_magic(data):
+            raise _not_status_file(path)
+        return "is not a [payload, digest] frame"
+    payload_bytes, digest = frame
+    payload = _decode_payload(payload_bytes)
+    intact = hashlib.sha256(payload_bytes).digest() == digest
+    if seq == 0:
+        reason = _check_stored_header(path, payload, intact)
+    else:
+        reason = _check_stored_record(scan, seq, payload, intact)
+    if reason is None:
+        assert payload is not None  # both checks refuse a missing payload
+        scan.payloads.append(payload)
+        scan.digests.append(digest)
+    return reason
+
+
+def _check_stored_header(path: Path, payload: dict[str, Any] | None, intact: bool) -> str | None:
+    ours = payload is not None and payload.get("format") == FORMAT
+    if not ours:
+        if intact:
+            raise _not_status_file(path)
+        return "does not match its digest"
+    assert payload is not None
+    version = payload.get("format_version")
+    # Checked before the digest: a newer format may also digest differently.
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise JournalError(
+            f"{path} was written by a newer scmflow (status format version {version}; "
+            f"this scmflow reads up to version {FORMAT_VERSION})"
+        )
+    if not intact:
+        return "does not match its digest"
+    if not isinstance(version, int) or version < 1:
+        raise JournalError(f"{path} has an unsupported status format version {version!r}")
+    if payload.get("seq") != 0:
+        return "is not a header (seq is not 0)"
+    return None
+
+
+def _check_stored_record(
+    scan: _Scan, seq: int, payload: dict[str, Any] | None, intact: bool
+) -> str | None:
+    if not intact:
+        return "does not match its digest"
+    if payload is None:
+        return "holds no record"
+    if payload.get("seq") != seq:
+        return f"says it is record {payload.get('seq')!r} (records were removed or reordered)"
+    if payload.get("prev") != scan.digests[-1]:
+        return f"does not chain to record {seq - 1} (a record before it was changed or replaced)"
+    return None
+
+
+def _decode_payload(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = msgpack.unpackb(payload, raw=False)
+    except Exception:  # any decoding failure means "not a record"
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _has_magic(data: bytes) -> bool:
+    """Whether the file starts like one of ours: a frame whose payload names our format."""
+    framed = data[:1] == bytes((_FRAME_START,)) and data[1:2] and data[1] in _BIN_LENGTH_WIDTH
+    return bool(framed) and FORMAT.encode() in data[:_MAGIC_WINDOW]
+
+
+def _not_status_file(path: Path) -> JournalError:
+    return JournalError(f"{path} is not an scmflow upgrade status file")
+
+
+def _looks_torn(region: bytes) -> bool:
+    """Whether `region` (from a frame start to EOF) is a strict prefix of one frame."""
+    if region[0] != _FRAME_START:
+        return False
+    if len(region) == 1:
+        return True
+    width = _BIN_LENGTH_WIDTH.get(region[1])
+    if width is None:
+        return False
+    head = 2 + width
+    if len(region) < head:
+        return True
+    payload_end = head + int.from_bytes(region[2:head], "big")
+    if len(region) >= payload_end + len(_DIGEST_HEAD) + _DIGEST_SIZE:
+        return False  # the whole frame was written: its digest part is what is wrong
+    if len(region) > head and not _is_map_start(region[head]):
+        return False
+    if len(region) > payload_end and not _DIGEST_HEAD.startswith(region[payload_end : payload_end + 2]):
+        return False
+    return not (_ends_with_whole_frame(region) or _holds_frame(region))
+
+
+def _is_map_start(byte: int) -> bool:
+    return 0x80 <= byte <= 0x8F or byte in (0xDE, 0xDF)
+
+
+def _ends_with_whole_frame(region: bytes) -> bool:
+    """A complete frame whose length bytes were changed still ends in its intact digest."""
+    tail = len(_DIGEST_HEAD) + _DIGEST_SIZE
+    if len(region) <= tail or region[-tail:-_DIGEST_SIZE] != _DIGEST_HEAD:
+        return False
+    digest = region[-_DIGEST_SIZE:]
+    return any(hashlib.sha256(region[start:-tail]).digest() == digest for start in range(2, 7))
+
+
+def _holds_frame(region: bytes) -> bool:
+    """Whether a valid frame starts inside `region`: then it is not the last record."""
+    for marker in _BIN_LENGTH_WIDTH:
+        needle = bytes((_FRAME_START, marker))
+        position = region.find(needle, 1)
+        while position != -1:
+            if _is_valid_frame_at(region, position):
+                return True
+            position = region.find(needle, position + 1)
+    return False
+
+
+def _is_valid_frame_at(region: bytes, position: int) -> bool:
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=0)
+    unpacker.feed(region[position:])
+    try:
+        frame = unpacker.unpack()
+    except Exception:  # not a frame, whatever the reason
+        return False
+    return (
+        isinstance(frame, list)
+        and len(frame) == 2
+        and isinstance(frame[0], bytes)
+        and isinstance(frame[1], bytes)
+        and hashlib.sha256(frame[0]).digest() == frame[1]
+    )

@@ -1,0 +1,402 @@
+"""The `cluster` command's flow, as the operator sees it: parse, check, show, confirm, run.
+
+Part of the CLI layer (it prints through the Printer); the work is done by the core.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from scmflow.catalog import Catalog
+from scmflow.compatibility import load_compatibility
+from scmflow.config import HostConfig, UpgradeConfig, load_config, select_hosts, select_services
+from scmflow.errors import ConfigError, UsageError
+from scmflow.machine import load_lifecycle
+from scmflow.plan import Pair
+from scmflow.remote import Session, SSHOptions, SSHTarget, connect_all
+from scmflow.report import dry_run_steps, plan_lines, plan_warnings
+from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
+from scmflow.upgrade import (
+    CheckedCluster,
+    Connector,
+    HostEntry,
+    ResumeState,
+    RunFailed,
+    RunInterrupted,
+    RunSettings,
+    Target,
+    check_cluster,
+    close_sessions,
+    execute_upgrade,
+    make_layout,
+    open_run,
+    reload_release,
+    resume_upgrade,
+)
+
+if TYPE_CHECKING:
+    from scmflow.cli import ClusterOptions, Printer
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+ROLLBACK_HINT = (
+    "If you want to rollback successfully upgraded services, you need to specify the upgrade "
+    "status file, file location:{path}"
+)
+
+
+def run_cluster(options: ClusterOptions, printer: Printer, *, catalog: Catalog) -> int:
+    """`scm.py cluster ...`: the exit code."""
+    if options.rollback:
+        return _rollback(options, printer, catalog)
+    if options.status_path is not None:
+        return _resume(options, printer, catalog)
+    return _upgrade(options, printer, catalog)
+
+
+# -- passwords and connections -------------------------------------------------------------
+
+
+def resolve_passwords(hosts: Sequence[HostConfig]) -> dict[str, str | None]:
+    """Each host's password: literal, from the environment, or asked once per distinct user."""
+    asked: dict[str, str] = {}
+    out: dict[str, str | None] = {}
+    for host in hosts:
+        if host.password_source == "env":
+            name = host.password_env or ""
+            if name not in os.environ:
+                raise ConfigError(
+                    f"environment variable {name} (Password env:{name}) is not set", field="Password"
+                )
+            out[host.name] = os.environ[name]
+        elif host.password_source == "prompt":
+            if host.user not in asked:
+                asked[host.user] = _ask_password(host.user)
+            out[host.name] = asked[host.user]
+        else:
+            out[host.name] = host.password
+    return out
+
+
+def _ask_password(user: str) -> str:
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"the password of SSH user {user} is to be asked (Password -) but there is no "
+            "terminal; use Password env:NAME instead",
+            field="Password",
+        )
+    value: str = click.prompt(f"SSH password for {user}", hide_input=True, err=True)
+    return value
+
+
+def ssh_connector(endpoints: Mapping[str, tuple[int, str, str | None]], options: ClusterOptions) -> Connector:
+    """A Connector opening one SSH connection per host, verified host keys, in parallel."""
+    ssh_options = SSHOptions(accept_new_host_keys=options.accept_new_host_keys)
+
+    def connect(names: Sequence[str]) -> dict[str, Session]:
+        targets = [
+            SSHTarget(host=n, port=endpoints[n][0], user=endpoints[n][1], password=endpoints[n][2])
+            for n in names
+        ]
+        sessions = connect_all(targets, ssh_options, parallel=options.parallel_ssh)
+        return dict(sessions)
+
+    return connect
+
+
+# -- upgrade ---------------------------------------------------------------------------------
+
+
+def _load(options: ClusterOptions, printer: Printer, catalog: Catalog) -> UpgradeConfig:
+    printer.info("Parsing the upgrade configuration...")
+    assert options.upgrade_conf is not None
+    config = load_config(options.upgrade_conf, catalog)
+    for warning in config.warnings:
+        printer.warn(warning)
+    printer.info("Parse the upgrade configuration success")
+    return config
+
+
+def _target(config: UpgradeConfig, options: ClusterOptions, catalog: Catalog) -> Target:
+    hosts = select_hosts(",".join(options.hosts), config) if options.hosts else config.hosts
+    services = select_services(",".join(options.services), catalog) if options.services else config.services
+    return Target(
+        install_path=config.install_path,
+        install_user=config.install_user,
+        hosts=tuple(
+            HostEntry(
+                name=h.name,
+                port=h.port,
+                user=h.user,
+                java_home=h.java_home,
+                password_auth=h.password_source != "none",
+            )
+            for h in hosts
+        ),
+        services=services,
+        upgrade_pack_path=config.upgrade_pack_path,
+        backup_path=config.backup_path,
+    )
+
+
+def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
+    from scmflow.cli import interrupt_handler, open_run_log
+
+    config = _load(options, printer, catalog)
+    target = _target(config, options, catalog)
+    selected = [config.host(h.name) for h in target.hosts]
+    passwords = resolve_passwords(selected)
+    endpoints = {h.name: (h.port, h.user, passwords[h.name]) for h in selected}
+    compatibility = load_compatibility(catalog=catalog)
+    lifecycle = load_lifecycle()
+    if not options.dry_run:
+        open_run_log(options.status_dir, printer)
+    with tempfile.TemporaryDirectory(prefix="scmflow-") as work:
+        checked = check_cluster(
+            target,
+            release_dir=options.release_dir,
+            catalog=catalog,
+            compatibility=compatibility,
+            connect=ssh_connector(endpoints, options),
+            reporter=printer,
+            work_dir=Path(work),
+        )
+        try:
+            if not _show_plan(checked, options, printer, catalog):
+                return EXIT_OK
+            settings = RunSettings(
+                parallel=options.parallel,
+                parallel_ssh=options.parallel_ssh,
+                start_timeout=options.start_timeout,
+            )
+            with interrupt_handler(printer) as stop:
+                try:
+                    outcome = execute_upgrade(
+                        checked,
+                        status_dir=options.status_dir,
+                        argv=sys.argv,
+                        catalog=catalog,
+                        lifecycle=lifecycle,
+                        settings=settings,
+                        reporter=printer,
+                        stop=stop,
+                    )
+                except (RunFailed, RunInterrupted) as exc:
+                    return _report_run_error(printer, exc)
+        finally:
+            checked.close()
+    printer.info(
+        f"Upgrade service success, generate upgrade status file success, file location:{outcome.status_path}"
+    )
+    return EXIT_OK
+
+
+def _report_run_error(printer: Printer, exc: RunFailed | RunInterrupted) -> int:
+    printer.error(exc.message)
+    printer.info(ROLLBACK_HINT.format(path=exc.status_path))
+    return exc.exit_code
+
+
+def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printer, catalog: Catalog) -> bool:
+    """Print warnings and the plan; True when the operator wants it run."""
+    from scmflow.cli import confirm, echo_json
+
+    plan = checked.plan
+    for warning in plan_warnings(plan):
+        printer.warn(warning)
+    if options.output == "json":
+        document = plan.to_record()
+        if options.dry_run:
+            document["steps"] = _steps(checked, catalog)
+        echo_json(document)
+    if not plan.pairs:
+        printer.info("No service need to upgrade")
+        return False
+    printer.info("Prepare to upgrade services in this order")
+    for line in plan_lines(plan.pairs):
+        printer.info(line)
+    if options.dry_run:
+        if options.output == "text":
+            for label, steps in _steps(checked, catalog).items():
+                printer.info(f"Dry run: {label}")
+                for step in steps:
+                    printer.info(f"    {step}")
+        printer.info("Dry run: nothing was changed")
+        return False
+    if options.unattended:
+        return True
+    if not confirm(printer, "Whether to upgrade?"):
+        printer.info("Upgrade cancelled, nothing was changed")
+        return False
+    return True
+
+
+def _steps(checked: CheckedCluster, catalog: Catalog) -> dict[str, list[str]]:
+    layout = make_layout(checked.target, "<timestamp>", 300)
+    return {
+        pair.label(): dry_run_steps(pair, catalog, layout, checked.release.package_for(pair.service).name)
+        for pair in checked.plan.pairs
+    }
+
+
+# -- resume and rollback -----------------------------------------------------------------------
+
+
+def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState:
+    assert options.status_path is not None
+    path = options.status_path
+    if not path.is_file():
+        raise UsageError(f"upgrade status file {path} does not exist")
+    state = open_run(path)
+    printer.info(f"Read the upgrade status file {path}: {len(state.pairs)} planned pairs")
+    return state
+
+
+def _status_sessions(
+    state: ResumeState, options: ClusterOptions, catalog: Catalog, hosts: Sequence[str]
+) -> dict[str, Session]:
+    """Connections to the status file's hosts; passwords from --upgrade-conf or asked."""
+    config = load_config(options.upgrade_conf, catalog) if options.upgrade_conf else None
+    endpoints: dict[str, tuple[int, str, str | None]] = {}
+    asked: dict[str, str] = {}
+    for entry in state.hosts:
+        if entry.name not in hosts:
+            continue
+        password: str | None = None
+        if config is not None and any(h.name == entry.name for h in config.hosts):
+            password = resolve_passwords([config.host(entry.name)])[entry.name]
+        elif entry.password_auth:
+            if entry.user not in asked:
+                asked[entry.user] = _ask_password(entry.user)
+            password = asked[entry.user]
+        endpoints[entry.name] = (entry.port, entry.user, password)
+    return ssh_connector(endpoints, options)(list(endpoints))
+
+
+def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
+    from scmflow.cli import confirm, interrupt_handler, open_run_log
+
+    state = _open_status(options, printer)
+    if options.hosts or options.services:
+        raise UsageError("resume continues the whole recorded run; --host/--service are not allowed")
+    lifecycle = load_lifecycle()
+    todo = [p for p in state.pairs if state.states.get(p.key) != "verified" or p.key in state.in_flight]
+    if not todo:
+        printer.info(f"Every pair of {options.status_path} is already upgraded; nothing to resume")
+        return EXIT_OK
+    printer.info("Prepare to resume the upgrade of these services in this order")
+    for pair in todo:
+        printer.info(f"{pair.label()} ({_state_word(state, pair)})")
+    if options.dry_run:
+        printer.info("Dry run: nothing was changed")
+        return EXIT_OK
+    if not options.unattended and not confirm(printer, "Whether to resume the upgrade?"):
+        printer.info("Resume cancelled, nothing was changed")
+        return EXIT_OK
+    open_run_log(options.status_dir, printer)
+    with tempfile.TemporaryDirectory(prefix="scmflow-") as work:
+        release = reload_release(state.header, _explicit_release_dir(options), catalog, Path(work))
+        sessions = _status_sessions(state, options, catalog, [h.name for h in state.hosts])
+        try:
+            with interrupt_handler(printer) as stop:
+                try:
+                    outcome = resume_upgrade(
+                        state,
+                        sessions=sessions,
+                        release=release,
+                        catalog=catalog,
+                        lifecycle=lifecycle,
+                        settings=RunSettings(
+                            parallel=options.parallel,
+                            parallel_ssh=options.parallel_ssh,
+                            start_timeout=state.layout.start_timeout,
+                        ),
+                        reporter=printer,
+                        stop=stop,
+                    )
+                except (RunFailed, RunInterrupted) as exc:
+                    return _report_run_error(printer, exc)
+        finally:
+            close_sessions(sessions)
+    printer.info(
+        f"Upgrade service success, generate upgrade status file success, file location:{outcome.status_path}"
+    )
+    return EXIT_OK
+
+
+def _explicit_release_dir(options: ClusterOptions) -> Path | None:
+    return None if options.release_dir == Path(".") else options.release_dir
+
+
+def _state_word(state: ResumeState, pair: Pair) -> str:
+    if pair.key in state.in_flight:
+        return f"interrupted during {state.in_flight[pair.key]}"
+    return state.states.get(pair.key, "pending")
+
+
+def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
+    from scmflow.cli import confirm, interrupt_handler, open_run_log
+
+    state = _open_status(options, printer)
+    candidates, warnings = select_pairs(state, hosts=options.hosts, services=options.services)
+    for warning in warnings:
+        printer.warn(warning)
+    candidates = [p for p in candidates if needs_rollback(state, p)]
+    if not candidates:
+        printer.info("No service need to rollback")
+        return EXIT_OK
+    hosts = list(dict.fromkeys(p.host for p in candidates))
+    sessions = _status_sessions(state, options, catalog, hosts)
+    try:
+        selection = check_pairs(state, candidates, sessions=sessions, catalog=catalog)
+        for warning in selection.warnings:
+            printer.warn(warning)
+        if not selection.pairs:
+            printer.info("No service need to rollback")
+            return EXIT_OK
+        printer.info("prepare to rollback services in this order")
+        for line in plan_lines(selection.pairs, reverse=True):
+            printer.info(line)
+        if options.dry_run:
+            printer.info("Dry run: nothing was changed")
+            return EXIT_OK
+        if not options.unattended and not confirm(printer, "Whether to rollback?"):
+            printer.info("Rollback cancelled, nothing was changed")
+            return EXIT_OK
+        open_run_log(options.status_dir, printer)
+        packages = _recorded_packages(state.header)
+        with interrupt_handler(printer) as stop:
+            try:
+                outcome = execute_rollback(
+                    state,
+                    selection.pairs,
+                    sessions=sessions,
+                    release_packages=packages,
+                    catalog=catalog,
+                    lifecycle=load_lifecycle(),
+                    parallel=options.parallel,
+                    reporter=printer,
+                    stop=stop,
+                )
+            except RunInterrupted as exc:
+                return _report_run_error(printer, exc)
+            except RunFailed as exc:
+                printer.error(exc.message)
+                printer.info(f"Rerun the rollback with the same status file to finish it:{exc.status_path}")
+                return exc.exit_code
+    finally:
+        close_sessions(sessions)
+    printer.info(f"Rollback service success, upgrade status file location:{outcome.status_path}")
+    return EXIT_OK
+
+
+def _recorded_packages(header: Mapping[str, Any]) -> dict[str, str]:
+    packages = header.get("release", {}).get("packages", {})
+    return {service: str(info["name"]) for service, info in packages.items()}

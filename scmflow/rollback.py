@@ -1,0 +1,181 @@
+"""Rollback from a status file: select pairs, check them on their hosts, undo in reverse order."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from scmflow.agentcall import call_agent
+from scmflow.catalog import Catalog
+from scmflow.errors import PlanError
+from scmflow.inventory import probe_host
+from scmflow.machine import Lifecycle
+from scmflow.plan import Pair, group_stages
+from scmflow.remote import Session
+from scmflow.report import Reporter
+from scmflow.scheduler import Scheduler
+from scmflow.upgrade import Progress, ResumeState, RunOutcome, _finish, make_runs
+
+# States whose files are the new version's when nothing was in flight: the original's checks apply.
+_CLEAN_UPGRADED = ("replaced", "restarted", "verified")
+
+
+@dataclass
+class RollbackSelection:
+    """Pairs to roll back (in rollback order) and what was left out, with why."""
+
+    pairs: list[Pair]
+    warnings: list[str] = field(default_factory=list)
+
+
+def select_pairs(
+    state: ResumeState, *, hosts: Sequence[str] | None, services: Sequence[str] | None
+) -> tuple[list[Pair], list[str]]:
+    """Pairs of the status file matching the filters, in rollback order, plus warnings."""
+    known_hosts = [h.name for h in state.hosts]
+    if hosts:
+        unknown = [h for h in hosts if h not in known_hosts]
+        if unknown:
+            raise PlanError(
+                f"host {', '.join(unknown)} is not in the upgrade status file "
+                f"(hosts there: {', '.join(known_hosts)})"
+            )
+    warnings = []
+    if services:
+        recorded = {p.service for p in state.pairs}
+        missing = [s for s in services if s not in recorded]
+        if missing:
+            warnings.append(f"The following specified service have no upgrade record:[{', '.join(missing)}]")
+    chosen = [
+        p for p in state.pairs if (not hosts or p.host in hosts) and (not services or p.service in services)
+    ]
+    return list(reversed(chosen)), warnings
+
+
+def needs_rollback(state: ResumeState, pair: Pair) -> bool:
+    """Whether the status file says the pair changed anything that rollback must undo."""
+    current = state.states.get(pair.key, "pending")
+    if pair.key in state.in_flight:
+        return True
+    return current not in ("pending", "rolled_back")
+
+
+def check_pairs(
+    state: ResumeState,
+    candidates: Sequence[Pair],
+    *,
+    sessions: Mapping[str, Session],
+    catalog: Catalog,
+) -> RollbackSelection:
+    """The original's per-pair checks on the hosts, for pairs cleanly upgraded."""
+    selection = RollbackSelection(pairs=[])
+    clean = [
+        p for p in candidates if p.key not in state.in_flight and state.states.get(p.key) in _CLEAN_UPGRADED
+    ]
+    versions = _current_versions(state, clean, sessions=sessions, catalog=catalog)
+    complete = _complete_backups(state, clean, sessions=sessions)
+    for pair in candidates:
+        if pair in clean:
+            current = versions.get(pair.key)
+            if current is None:
+                selection.warnings.append(
+                    f"[{pair.host}]:{pair.printed} is not installed any more, skip rollback"
+                )
+                continue
+            if current != pair.new_version:
+                selection.warnings.append(
+                    f"[{pair.host}]:{pair.printed}: current version {current} is not the upgraded "
+                    f"version {pair.new_version}, skip rollback"
+                )
+                continue
+            if not complete.get(pair.key, False):
+                selection.warnings.append(
+                    f"[{pair.host}]:{pair.printed}: backup {state.layout.pair_backup_dir(pair.service)} "
+                    "is missing or incomplete, skip rollback"
+                )
+                continue
+        selection.pairs.append(pair)
+    return selection
+
+
+def _current_versions(
+    state: ResumeState, pairs: Sequence[Pair], *, sessions: Mapping[str, Session], catalog: Catalog
+) -> dict[tuple[str, str], str | None]:
+    out: dict[tuple[str, str], str | None] = {}
+    java = {h.name: h.java_home for h in state.hosts}
+    for host in dict.fromkeys(p.host for p in pairs):
+        services = [catalog.get(p.service) for p in pairs if p.host == host]
+        inventory = probe_host(
+            sessions[host],
+            admin_user=None,
+            install_path=state.layout.install_path,
+            install_user=state.layout.install_user,
+            java_home=java.get(host),
+            services=services,
+        )
+        for service in services:
+            out[(host, service.name)] = inventory.version_of(service.name)
+    return out
+
+
+def _complete_backups(
+    state: ResumeState, pairs: Sequence[Pair], *, sessions: Mapping[str, Session]
+) -> dict[tuple[str, str], bool]:
+    out: dict[tuple[str, str], bool] = {}
+    for host in dict.fromkeys(p.host for p in pairs):
+        mine = [p for p in pairs if p.host == host]
+        markers = [f"{state.layout.pair_backup_dir(p.service)}/.complete" for p in mine]
+        reply = call_agent(
+            sessions[host],
+            "exists",
+            {"paths": markers},
+            user=state.layout.install_user,
+            java_home=None,
+            timeout=60.0,
+        )
+        present = set(reply.get("exists") or ())
+        for pair, marker in zip(mine, markers, strict=True):
+            out[pair.key] = marker in present
+    return out
+
+
+def execute_rollback(
+    state: ResumeState,
+    pairs: Sequence[Pair],
+    *,
+    sessions: Mapping[str, Session],
+    release_packages: Mapping[str, str],
+    catalog: Catalog,
+    lifecycle: Lifecycle,
+    parallel: int,
+    reporter: Reporter,
+    stop: threading.Event,
+) -> RunOutcome:
+    """Drive each selected pair along its rollback edge, appending to the same status file."""
+    journal = state.journal
+    journal.append({"kind": "run", "detail": {"action": "rollback", "result": "started"}})
+    runs = make_runs(
+        pairs,
+        state.states,
+        journal=journal,
+        sessions=sessions,
+        layout=state.layout,
+        java_homes={h.name: h.java_home or "" for h in state.hosts},
+        release_packages=release_packages,
+        catalog=catalog,
+        lifecycle=lifecycle,
+        reporter=reporter,
+    )
+    for key, trigger in state.in_flight.items():
+        if key in runs:
+            runs[key].mark_failed(trigger, "interrupted: the step had begun but its outcome was not recorded")
+    progress = Progress(len(pairs))
+    reporter.info(f"Rolling back service...(0/{progress.total})")
+
+    def on_pair_start(pair: Pair) -> None:
+        reporter.info(f"Rolling back Service: rolling back {pair.printed} on {pair.host} {progress.next()}")
+
+    scheduler = Scheduler(runs, parallel=parallel, stop=stop, on_pair_start=on_pair_start)
+    result = scheduler.rollback(group_stages(pairs))
+    return _finish(journal, result, action="rollback", pairs=len(pairs))

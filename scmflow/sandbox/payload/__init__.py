@@ -1,0 +1,1 @@
+"""Scripts shipped inside the sandbox release packs (they run on hosts, stdlib only)."""

@@ -1,0 +1,158 @@
+"""Drives pairs through their lifecycle: stages in service order, hosts in parallel.
+
+Failure policy (the original's, made precise): a failed pair is rolled back on the
+spot; no new pair starts; pairs already in flight finish; the run then ends failed.
+An operator interrupt (the `stop` event) lets the step in flight finish and starts nothing
+new, leaving every pair in a state the status file records exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from scmflow.errors import ScmflowError
+from scmflow.machine import FAILED, PairRun
+from scmflow.plan import Pair
+
+UPGRADE_TRIGGERS = ("backup", "replace", "restart", "verify")
+DONE = "verified"
+ROLLED_BACK = "rolled_back"
+
+
+@dataclass
+class PairFailure:
+    """A pair whose step failed, and what its automatic rollback did."""
+
+    pair: Pair
+    trigger: str
+    error: BaseException
+    rollback_error: BaseException | None = None
+
+
+@dataclass
+class StageResult:
+    """What a scheduler run did."""
+
+    failures: list[PairFailure] = field(default_factory=list)
+    interrupted: bool = False
+    completed: list[Pair] = field(default_factory=list)
+
+
+class Scheduler:
+    """Runs one action sequence over pairs, stage by stage, with bounded host parallelism."""
+
+    def __init__(
+        self,
+        runs: Mapping[tuple[str, str], PairRun],
+        *,
+        parallel: int,
+        stop: threading.Event,
+        on_pair_start: Callable[[Pair], None] | None = None,
+    ) -> None:
+        self.runs = runs
+        self.parallel = max(1, parallel)
+        self.stop = stop
+        self.on_pair_start = on_pair_start
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+
+    def upgrade(self, stages: Sequence[Sequence[Pair]]) -> StageResult:
+        """Upgrade every pair not yet verified; roll back a failed pair on the spot."""
+        return self._run_stages(stages, self._upgrade_pair)
+
+    def rollback(self, stages: Sequence[Sequence[Pair]]) -> StageResult:
+        """Roll back every given pair (stages already in rollback order); go on past failures."""
+        return self._run_stages(stages, self._rollback_pair, halt_on_failure=False)
+
+    def _run_stages(
+        self,
+        stages: Sequence[Sequence[Pair]],
+        work: Callable[[Pair, StageResult], None],
+        *,
+        halt_on_failure: bool = True,
+    ) -> StageResult:
+        result = StageResult()
+        for stage in stages:
+            if self._halt.is_set() or self.stop.is_set():
+                break
+            workers = min(self.parallel, len(stage))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pair") as pool:
+                futures = [pool.submit(self._guarded, work, pair, result) for pair in stage]
+                for future in futures:
+                    future.result()
+            if result.failures and halt_on_failure:
+                self._halt.set()
+        result.interrupted = self.stop.is_set()
+        return result
+
+    def _guarded(self, work: Callable[[Pair, StageResult], None], pair: Pair, result: StageResult) -> None:
+        if self._halt.is_set() or self.stop.is_set():
+            return
+        work(pair, result)
+
+    def _upgrade_pair(self, pair: Pair, result: StageResult) -> None:
+        run = self.runs[pair.key]
+        if run.state == DONE:
+            return
+        if self.on_pair_start is not None:
+            self.on_pair_start(pair)
+        for trigger in UPGRADE_TRIGGERS:
+            if not run.can(trigger):
+                continue
+            if self.stop.is_set():
+                return
+            try:
+                run.fire(trigger)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and rolled back
+                self._record_failure(result, self._rollback_failed(run, pair, trigger, exc))
+                return
+        if run.state == DONE:
+            with self._lock:
+                result.completed.append(pair)
+
+    def _rollback_failed(self, run: PairRun, pair: Pair, trigger: str, exc: BaseException) -> PairFailure:
+        self._halt.set()
+        failure = PairFailure(pair=pair, trigger=trigger, error=exc)
+        try:
+            run.fire("rollback")
+        except Exception as rb_exc:  # noqa: BLE001 - reported with the original failure
+            failure.rollback_error = rb_exc
+        return failure
+
+    def _rollback_pair(self, pair: Pair, result: StageResult) -> None:
+        run = self.runs[pair.key]
+        if run.state == ROLLED_BACK or not run.can("rollback"):
+            return
+        if self.on_pair_start is not None:
+            self.on_pair_start(pair)
+        try:
+            run.fire("rollback")
+        except Exception as exc:  # noqa: BLE001 - recorded; the other pairs still roll back
+            self._record_failure(result, PairFailure(pair=pair, trigger="rollback", error=exc))
+            return
+        with self._lock:
+            result.completed.append(pair)
+
+    def _record_failure(self, result: StageResult, failure: PairFailure) -> None:
+        with self._lock:
+            result.failures.append(failure)
+
+
+def describe_failure(failure: PairFailure) -> str:
+    """One line naming host, service, step and cause."""
+    error = failure.error
+    message = error.message if isinstance(error, ScmflowError) else str(error) or type(error).__name__
+    line = f"[{failure.pair.host}]:{failure.pair.printed}: {failure.trigger} failed: {message}"
+    if failure.rollback_error is not None:
+        line += f"; rolling it back also failed: {failure.rollback_error}"
+    elif failure.trigger != "rollback":
+        line += f"; it was rolled back to {failure.pair.old_version or 'none'}"
+    return line
+
+
+def is_failed(run: PairRun) -> bool:
+    """Whether the pair is in the failed state."""
+    return run.state == FAILED

@@ -1,0 +1,556 @@
+"""The upgrade as a whole: check the cluster, plan, then run it (or resume a run) with a journal."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scmflow import __version__
+from scmflow.actions import HostActions, RemoteLayout
+from scmflow.catalog import Catalog
+from scmflow.compatibility import Compatibility
+from scmflow.distribute import distribute
+from scmflow.errors import ReleaseError, ScmflowError
+from scmflow.inventory import HostInventory, probe_host
+from scmflow.journal import Journal, read_journal, replay
+from scmflow.machine import Lifecycle, PairRun
+from scmflow.plan import Pair, Plan, group_stages, make_plan
+from scmflow.release import Release, load_release
+from scmflow.remote import Session
+from scmflow.report import Reporter
+from scmflow.scheduler import Scheduler, StageResult, describe_failure
+
+Connector = Callable[[Sequence[str]], dict[str, Session]]
+STAMP_FORMAT = "%Y-%m-%d-%H:%M:%S"
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """A host as the run knows it; never holds a password."""
+
+    name: str
+    port: int
+    user: str
+    java_home: str | None
+    password_auth: bool
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain data for the status file header."""
+        return {
+            "name": self.name,
+            "port": self.port,
+            "user": self.user,
+            "java_home": self.java_home,
+            "auth": "password" if self.password_auth else "key",
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> HostEntry:
+        """Inverse of `to_record`."""
+        return cls(
+            name=str(record["name"]),
+            port=int(record["port"]),
+            user=str(record["user"]),
+            java_home=record.get("java_home"),
+            password_auth=record.get("auth") == "password",
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to upgrade: install, hosts in config order, selected services, remote bases."""
+
+    install_path: str
+    install_user: str
+    hosts: tuple[HostEntry, ...]
+    services: tuple[str, ...] | None
+    upgrade_pack_path: str
+    backup_path: str
+    # Who creates the run's base directories and must be reachable by sudo; None means the
+    # login user does it (the local demo, where everything belongs to one user).
+    admin_user: str | None = "root"
+
+
+@dataclass
+class CheckedCluster:
+    """The result of the check phase: everything the run needs, sessions still open."""
+
+    target: Target
+    release: Release
+    inventories: dict[str, HostInventory]
+    plan: Plan
+    sessions: dict[str, Session]
+
+    def close(self) -> None:
+        """Close every session."""
+        close_sessions(self.sessions)
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended."""
+
+    status_path: Path
+    result: StageResult
+    pairs: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+class RunFailed(ScmflowError):
+    """A pair failed; its own rollback was attempted; the status file says everything."""
+
+    def __init__(self, message: str, status_path: Path) -> None:
+        super().__init__(message)
+        self.status_path = status_path
+
+
+class RunInterrupted(ScmflowError):
+    """The operator interrupted the run."""
+
+    exit_code = 130
+
+    def __init__(self, status_path: Path) -> None:
+        super().__init__(f"interrupted; the status file records where every pair stopped: {status_path}")
+        self.status_path = status_path
+
+
+def close_sessions(sessions: Mapping[str, Session]) -> None:
+    """Close sessions, ignoring errors from dead peers."""
+    for session in sessions.values():
+        try:
+            session.close()
+        except Exception:  # noqa: BLE001, S110 - closing a dead connection may fail; nothing to do
+            pass
+
+
+def check_cluster(
+    target: Target,
+    *,
+    release_dir: Path,
+    catalog: Catalog,
+    compatibility: Compatibility,
+    connect: Connector,
+    reporter: Reporter,
+    work_dir: Path,
+) -> CheckedCluster:
+    """Connect to every host, read what is installed, load the release and plan; changes nothing."""
+    reporter.info("Checking the upgrade configuration... (0/2)")
+    names = target.services or catalog.names()
+    services = [catalog.get(n) for n in catalog.names()]
+    sessions = connect([h.name for h in target.hosts])
+    try:
+        inventories = _probe_all(sessions, target, services)
+        reporter.info("Checking the upgrade configuration: Host (1/2)")
+        release = load_release(release_dir, catalog, names, work_dir=work_dir)
+        plan = make_plan(
+            catalog=catalog,
+            compatibility=compatibility,
+            hosts=[h.name for h in target.hosts],
+            inventories=inventories,
+            services=target.services,
+            release_version=release.version,
+            available=tuple(release.packages),
+        )
+        reporter.info("Checking the upgrade configuration: Config (2/2)")
+    except BaseException:
+        close_sessions(sessions)
+        raise
+    reporter.info("Check the upgrade configuration success")
+    return CheckedCluster(
+        target=target, release=release, inventories=inventories, plan=plan, sessions=sessions
+    )
+
+
+def _probe_all(
+    sessions: Mapping[str, Session], target: Target, services: Sequence[Any]
+) -> dict[str, HostInventory]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(host: HostEntry) -> HostInventory:
+        return probe_host(
+            sessions[host.name],
+            admin_user=target.admin_user,
+            install_path=target.install_path,
+            install_user=target.install_user,
+            java_home=host.java_home,
+            services=services,
+        )
+
+    errors: list[str] = []
+    inventories: dict[str, HostInventory] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(target.hosts)))) as pool:
+        futures = {h.name: pool.submit(probe, h) for h in target.hosts}
+        for name, future in futures.items():
+            exc = future.exception()
+            if exc is None:
+                inventories[name] = future.result()
+            else:
+                errors.append(exc.message if isinstance(exc, ScmflowError) else f"[{name}] {exc}")
+    if errors:
+        raise ScmflowError("host check failed: " + "; ".join(errors))
+    return inventories
+
+
+def make_layout(target: Target, stamp: str, start_timeout: int) -> RemoteLayout:
+    """The run's remote directories, named after its timestamp."""
+    return RemoteLayout(
+        install_path=target.install_path,
+        install_user=target.install_user,
+        admin_user=target.admin_user,
+        upgrade_dir=f"{target.upgrade_pack_path.rstrip('/')}/upgrade-{stamp}",
+        backup_dir=f"{target.backup_path.rstrip('/')}/backup-{stamp}",
+        start_timeout=start_timeout,
+    )
+
+
+def build_header(
+    checked: CheckedCluster, layout: RemoteLayout, *, argv: Sequence[str], stamp: str, parallel: int
+) -> dict[str, Any]:
+    """Record 0 of the status file: enough to roll back without the config; no secrets."""
+    java_homes = {h: inv.java_home for h, inv in checked.inventories.items()}
+    hosts = [
+        {**h.to_record(), "java_home": java_homes.get(h.name, h.java_home)}
+        for h in checked.target.hosts
+        if h.name in checked.plan.hosts()
+    ]
+    release = checked.release
+    return {
+        "run_id": uuid.uuid4().hex,
+        "stamp": stamp,
+        "started": time.time(),
+        "tool": "scmflow",
+        "tool_version": __version__,
+        "operator": getpass.getuser(),
+        "control_host": socket.gethostname(),
+        "argv": list(argv),
+        "parallel": parallel,
+        "layout": layout.to_record(),
+        "hosts": hosts,
+        "release": {
+            "root": str(release.root),
+            "version": release.version,
+            "packages": {
+                service: {"name": p.name, "sha256": p.sha256, "size": p.size}
+                for service, p in release.packages.items()
+                if any(pair.service == service for pair in checked.plan.pairs)
+            },
+        },
+        "plan": [p.to_record() for p in checked.plan.pairs],
+    }
+
+
+class Progress:
+    """The `(i/N)` counter of the operator's progress lines, shared by worker threads."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        """`(i/N)` for the next step."""
+        with self._lock:
+            self._done += 1
+            return f"({self._done}/{self.total})"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Knobs of a run, from the command line."""
+
+    parallel: int = 1
+    parallel_ssh: int = 16
+    start_timeout: int = 300
+
+
+def execute_upgrade(
+    checked: CheckedCluster,
+    *,
+    status_dir: Path,
+    argv: Sequence[str],
+    catalog: Catalog,
+    lifecycle: Lifecycle,
+    settings: RunSettings,
+    reporter: Reporter,
+    stop: threading.Event,
+    on_status_file: Callable[[Path], None] | None = None,
+) -> RunOutcome:
+    """Create the status file, send packages, then upgrade every planned pair."""
+    stamp = time.strftime(STAMP_FORMAT)
+    layout = make_layout(checked.target, stamp, settings.start_timeout)
+    header = build_header(checked, layout, argv=argv, stamp=stamp, parallel=settings.parallel)
+    journal = Journal.create(status_dir, header)
+    reporter.info(f"Created upgrade status file, file location:{journal.path}")
+    if on_status_file is not None:
+        on_status_file(journal.path)
+    journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+    pairs = list(checked.plan.pairs)
+    java_homes = {h: inv.java_home for h, inv in checked.inventories.items()}
+    return _drive_upgrade(
+        journal,
+        pairs=pairs,
+        states={},
+        sessions=checked.sessions,
+        release=checked.release,
+        layout=layout,
+        java_homes=java_homes,
+        login_users={h.name: h.user for h in checked.target.hosts},
+        catalog=catalog,
+        lifecycle=lifecycle,
+        settings=settings,
+        reporter=reporter,
+        stop=stop,
+        fresh=True,
+        action="upgrade",
+    )
+
+
+def _drive_upgrade(
+    journal: Journal,
+    *,
+    pairs: Sequence[Pair],
+    states: Mapping[tuple[str, str], str],
+    sessions: Mapping[str, Session],
+    release: Release,
+    layout: RemoteLayout,
+    java_homes: Mapping[str, str],
+    login_users: Mapping[str, str],
+    catalog: Catalog,
+    lifecycle: Lifecycle,
+    settings: RunSettings,
+    reporter: Reporter,
+    stop: threading.Event,
+    fresh: bool,
+    action: str,
+) -> RunOutcome:
+    todo = [p for p in pairs if states.get(p.key) != "verified"]
+    pairs_by_host: dict[str, list[Pair]] = {}
+    for pair in todo:
+        pairs_by_host.setdefault(pair.host, []).append(pair)
+    progress = Progress(len(pairs_by_host) + len(todo))
+    reporter.info(f"Upgrading service...(0/{progress.total})")
+
+    def on_host_start(host: str) -> None:
+        reporter.info(f"Upgrading Service: sending upgrade package to {host} {progress.next()}")
+
+    try:
+        distribute(
+            sessions,
+            pairs_by_host,
+            release,
+            layout,
+            login_users=login_users,
+            fresh=fresh,
+            parallel=settings.parallel_ssh,
+            on_host_start=on_host_start,
+            on_bytes=reporter.transfer,
+        )
+    except ScmflowError as exc:
+        journal.append(
+            {"kind": "run", "detail": {"action": action, "result": "failed", "error": exc.message}}
+        )
+        raise RunFailed(exc.message, journal.path) from exc
+    journal.append({"kind": "note", "detail": {"packages_sent": sorted(pairs_by_host)}})
+    runs = make_runs(
+        pairs,
+        states,
+        journal=journal,
+        sessions=sessions,
+        layout=layout,
+        java_homes=java_homes,
+        release_packages={s: p.name for s, p in release.packages.items()},
+        catalog=catalog,
+        lifecycle=lifecycle,
+        reporter=reporter,
+    )
+
+    def on_pair_start(pair: Pair) -> None:
+        reporter.info(f"Upgrading Service: upgrading {pair.printed} on {pair.host} {progress.next()}")
+
+    scheduler = Scheduler(runs, parallel=settings.parallel, stop=stop, on_pair_start=on_pair_start)
+    stages = group_stages(todo)
+    result = scheduler.upgrade(stages)
+    return _finish(journal, result, action=action, pairs=len(pairs))
+
+
+def make_runs(
+    pairs: Sequence[Pair],
+    states: Mapping[tuple[str, str], str],
+    *,
+    journal: Journal,
+    sessions: Mapping[str, Session],
+    layout: RemoteLayout,
+    java_homes: Mapping[str, str],
+    release_packages: Mapping[str, str],
+    catalog: Catalog,
+    lifecycle: Lifecycle,
+    reporter: Reporter,
+) -> dict[tuple[str, str], PairRun]:
+    """One PairRun per pair, starting from `states` (default: the lifecycle's initial state)."""
+
+    def on_node_start(pair: Pair, port: int | None) -> None:
+        where = f",port={port}" if port is not None else ""
+        reporter.info(f"Restarting {pair.printed} node{where}")
+
+    actions = {
+        host: HostActions(
+            session,
+            layout=layout,
+            java_home=java_homes.get(host, ""),
+            catalog=catalog,
+            packages=release_packages,
+            on_node_start=on_node_start,
+        )
+        for host, session in sessions.items()
+    }
+    runs: dict[tuple[str, str], PairRun] = {}
+    for pair in pairs:
+        runs[pair.key] = PairRun(
+            pair,
+            lifecycle,
+            run_action=actions[pair.host],
+            record=journal.append,
+            initial=states.get(pair.key),
+        )
+    return runs
+
+
+def _finish(journal: Journal, result: StageResult, *, action: str, pairs: int) -> RunOutcome:
+    if result.failures:
+        message = "; ".join(describe_failure(f) for f in result.failures)
+        journal.append({"kind": "run", "detail": {"action": action, "result": "failed", "error": message}})
+        raise RunFailed(message, journal.path)
+    if result.interrupted:
+        journal.append({"kind": "run", "detail": {"action": action, "result": "interrupted"}})
+        raise RunInterrupted(journal.path)
+    journal.append({"kind": "run", "detail": {"action": action, "result": "success"}})
+    return RunOutcome(status_path=journal.path, result=result, pairs=pairs)
+
+
+@dataclass
+class ResumeState:
+    """A status file opened to continue its upgrade."""
+
+    journal: Journal
+    header: dict[str, Any]
+    pairs: list[Pair]
+    states: dict[tuple[str, str], str]
+    in_flight: dict[tuple[str, str], str]
+    hosts: list[HostEntry]
+    layout: RemoteLayout
+
+
+def open_run(status_path: Path) -> ResumeState:
+    """Read a status file and open it for appending; replay gives each pair's state."""
+    contents = read_journal(status_path)
+    header = contents.header
+    replayed = replay(contents)
+    pairs = [Pair.from_record(r) for r in header["plan"]]
+    states = {key: r.state for key, r in replayed.items()}
+    in_flight = {key: r.in_flight for key, r in replayed.items() if r.in_flight}
+    hosts = [HostEntry.from_record(h) for h in header["hosts"]]
+    lay = header["layout"]
+    layout = RemoteLayout(
+        install_path=lay["install_path"],
+        install_user=lay["install_user"],
+        admin_user=lay.get("admin_user", "root"),
+        upgrade_dir=lay["upgrade_dir"],
+        backup_dir=lay["backup_dir"],
+        start_timeout=int(lay.get("start_timeout", 300)),
+    )
+    journal = Journal.open_for_append(status_path)
+    return ResumeState(
+        journal=journal,
+        header=header,
+        pairs=pairs,
+        states=states,
+        in_flight=in_flight,
+        hosts=hosts,
+        layout=layout,
+    )
+
+
+def reload_release(
+    header: Mapping[str, Any], release_dir: Path | None, catalog: Catalog, work_dir: Path
+) -> Release:
+    """The release the status file was made with, checked against its recorded sha256."""
+    recorded = header["release"]
+    root = release_dir or Path(recorded["root"])
+    release = load_release(root, catalog, list(recorded["packages"]), work_dir=work_dir)
+    for service, info in recorded["packages"].items():
+        package = release.package_for(service)
+        if package.sha256 != info["sha256"]:
+            raise ReleaseError(
+                f"package {package.path} differs from the one this run started with "
+                f"(sha256 {package.sha256[:12]}... != {str(info['sha256'])[:12]}...)"
+            )
+    return release
+
+
+def resume_upgrade(
+    state: ResumeState,
+    *,
+    sessions: Mapping[str, Session],
+    release: Release,
+    catalog: Catalog,
+    lifecycle: Lifecycle,
+    settings: RunSettings,
+    reporter: Reporter,
+    stop: threading.Event,
+) -> RunOutcome:
+    """Continue an interrupted or failed upgrade in the same status file.
+
+    Verified pairs stay; pairs caught mid-step or failed are rolled back to a clean state and
+    redone; pending ones run.
+    """
+    journal = state.journal
+    journal.append({"kind": "run", "detail": {"action": "resume", "result": "started"}})
+    java_homes = {h.name: h.java_home or "" for h in state.hosts}
+    runs = make_runs(
+        state.pairs,
+        state.states,
+        journal=journal,
+        sessions=sessions,
+        layout=state.layout,
+        java_homes=java_homes,
+        release_packages={s: p.name for s, p in release.packages.items()},
+        catalog=catalog,
+        lifecycle=lifecycle,
+        reporter=reporter,
+    )
+    states = dict(state.states)
+    for key, run in runs.items():
+        if key in state.in_flight:
+            run.mark_failed(
+                state.in_flight[key], "interrupted: the step had begun but its outcome was not recorded"
+            )
+        if run.state not in ("pending", "verified", "rolled_back"):
+            reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
+            run.fire("rollback")
+        if run.state == "rolled_back":
+            run.fire("retry")
+        states[key] = run.state
+    return _drive_upgrade(
+        journal,
+        pairs=state.pairs,
+        states=states,
+        sessions=sessions,
+        release=release,
+        layout=state.layout,
+        java_homes=java_homes,
+        login_users={h.name: h.user for h in state.hosts},
+        catalog=catalog,
+        lifecycle=lifecycle,
+        settings=settings,
+        reporter=reporter,
+        stop=stop,
+        fresh=False,
+        action="resume",
+    )

@@ -1,0 +1,21 @@
+"""Fixtures shared by unit and end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scmflow import sandbox
+
+RELEASE_VERSIONS = ("3.1.2", "3.2.2")
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Unpacked sandbox releases 3.1.2 and 3.2.2 (release roots), built once per session."""
+    base = tmp_path_factory.mktemp("releases")
+    base.chmod(0o755)
+    out = {v: sandbox.build_release(base / v, v) for v in RELEASE_VERSIONS}
+    yield out

@@ -1,0 +1,54 @@
+"""Fixtures for end-to-end tests: real sshd test hosts on this machine (see tests/hosts.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# tests/hosts.py is imported as `tests.hosts`; make the checkout importable even when the
+# project is installed as a wheel rather than in editable mode.
+_CHECKOUT = str(Path(__file__).resolve().parents[2])
+if _CHECKOUT not in sys.path:
+    sys.path.insert(0, _CHECKOUT)
+
+from tests.hosts import TestCluster, missing_prerequisite, start_cluster  # noqa: E402
+
+ClusterFactory = Callable[[int], TestCluster]
+
+
+def _require_test_hosts(reason: str | None) -> None:
+    """Skip (or, under CI, fail) when this machine cannot run test hosts."""
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"end-to-end test hosts cannot run here: {reason}", pytrace=False)
+    pytest.skip(f"end-to-end test hosts cannot run here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def host_cluster_factory() -> Iterator[ClusterFactory]:
+    """Start clusters of K test hosts on demand; all are stopped at the end of the session."""
+    clusters: list[TestCluster] = []
+    checked: list[str | None] = []
+
+    def make(k: int) -> TestCluster:
+        if not checked:
+            checked.append(missing_prerequisite())
+        _require_test_hosts(checked[0])
+        cluster = start_cluster(k)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def cluster3(host_cluster_factory: ClusterFactory) -> TestCluster:
+    """Three running test hosts shared by the whole session."""
+    return host_cluster_factory(3)

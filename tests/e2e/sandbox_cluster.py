@@ -1,0 +1,218 @@
+"""A sandbox SequoiaCM installed on real SSH test hosts, and the operator's CLI run against it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scmflow import sandbox
+from scmflow.sandbox import NodeSpec, Topology
+from tests.hosts import INSTALL_USER, TestCluster, TestHost
+
+REPO = Path(__file__).resolve().parents[2]
+SCM = REPO / "scm.py"
+INSIDE_INSTALL = Path("/opt/sequoiacm")
+INSIDE_JAVA = Path("/opt/java")
+
+
+def host_run(host: TestHost) -> sandbox.RunFn:
+    """A sandbox RunFn that runs argv inside `host` as the install user."""
+
+    def run(argv: list[str], env: dict[str, str]) -> None:
+        pairs = [f"{k}={v}" for k, v in env.items()]
+        done = host.exec(["env", *pairs, *argv], user=INSTALL_USER, check=False, timeout=120)
+        if done.returncode != 0:
+            raise sandbox.SandboxError(f"{host.name}: {argv} failed: {done.stderr.strip()}")
+
+    return run
+
+
+def outer_install(host: TestHost) -> Path:
+    """The host's /opt/sequoiacm as seen from the control machine."""
+    return host.opt_dirs["/opt/sequoiacm"]
+
+
+@dataclass
+class Scenario:
+    """One cluster state for a test: what is installed where, and how to run the CLI on it."""
+
+    cluster: TestCluster
+    releases: Mapping[str, Path]
+    work: Path
+    topologies: dict[str, Topology] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        """The operator's HOME, with the client key and known_hosts."""
+        return self.work / "home"
+
+    @property
+    def status_dir(self) -> Path:
+        """Where this scenario's status files go."""
+        return self.work / "status"
+
+    def install(
+        self, host: TestHost, version: str, topology: Topology, *, customer_jars: bool = False
+    ) -> None:
+        """Install `version` with `topology` on `host` and start its running nodes."""
+        target = outer_install(host)
+        owner = pwd.getpwnam(INSTALL_USER)
+        sandbox.install(
+            self.releases[version],
+            target,
+            topology,
+            owner=(owner.pw_uid, owner.pw_gid),
+            customer_jars=customer_jars,
+        )
+        sandbox.start_topology(
+            INSIDE_INSTALL,
+            topology,
+            java_home=INSIDE_JAVA,
+            run=host_run(host),
+        )
+        self.topologies[host.name] = topology
+
+    def config(self, *, user: str = "root", password: str = "", services: str | None = None) -> Path:
+        """Write an upgrade.cfg for every host of the cluster and return its path."""
+        rows = "\n".join(
+            f"{h.address}, 22, {user}, {password}, /opt/java" for h in self.cluster.hosts
+        )
+        service_line = f"service={services}" if services else "#service="
+        text = (
+            "[installconfig]\nInstallPath, InstallUser\n/opt, scmadmin\n\n"
+            "[host]\nHostName, SshPort, User, Password, JavaHome\n"
+            f"{rows}\n\n[config]\n{service_line}\n"
+            "upgradePackPath=/opt/upgrade/sequoiacm\nbackupPath=/opt/backup/sequoiacm\n"
+        )
+        path = self.work / "upgrade.cfg"
+        path.write_text(text)
+        return path
+
+    def scm(
+        self,
+        *args: str,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `scm.py` as the operator would (HOME with the key and known_hosts)."""
+        full_env = {
+            "HOME": str(self.home),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(REPO),
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, str(SCM), *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=self.work,
+        )
+
+    def upgrade_args(self, version: str = "3.2.2", *extra: str) -> list[str]:
+        """`cluster --upgrade` arguments for this scenario's config and release."""
+        return [
+            "cluster",
+            "--upgrade",
+            "--upgrade-conf",
+            str(self.work / "upgrade.cfg"),
+            "--release-dir",
+            str(self.releases[version]),
+            "--status-dir",
+            str(self.status_dir),
+            *extra,
+        ]
+
+    def status_files(self) -> list[Path]:
+        """Status files written so far, oldest first."""
+        if not self.status_dir.is_dir():
+            return []
+        return sorted(self.status_dir.glob("upgrade_status_*"))
+
+    def digests(self) -> dict[str, str]:
+        """Tree digest of every host's install (runtime files ignored)."""
+        return {h.name: sandbox.tree_digest(outer_install(h)) for h in self.cluster.hosts}
+
+    def running(self) -> dict[str, dict[int, str]]:
+        """Per host, each port that answers /health and the version it reports."""
+        out: dict[str, dict[int, str]] = {}
+        for host in self.cluster.hosts:
+            ports: dict[int, str] = {}
+            for node in self.topologies.get(host.name, Topology(services=())).nodes:
+                if node.port is None:
+                    continue
+                try:
+                    ports[node.port] = str(sandbox.health(host.address, node.port, timeout=2)["version"])
+                except Exception:  # noqa: BLE001 - a node that does not answer is simply not running
+                    continue
+            out[host.name] = ports
+        return out
+
+    def daemon_running(self, host: TestHost) -> bool:
+        """Whether the host's daemon runs, asked through its own scmd.sh."""
+        done = host.exec(
+            ["env", f"JAVA_HOME={INSIDE_JAVA}", f"{INSIDE_INSTALL}/daemon/bin/scmd.sh", "status"],
+            user=INSTALL_USER,
+            check=False,
+        )
+        return done.returncode == 0
+
+    def version_on(self, host: TestHost, rel_glob: str) -> list[str]:
+        """Names of files matching a glob under the host's install."""
+        return sorted(p.name for p in outer_install(host).glob(rel_glob))
+
+    def cleanup(self) -> None:
+        """Kill every node of every host and empty their /opt dirs."""
+        for host in self.cluster.hosts:
+            sandbox.kill_nodes(outer_install(host))
+            for key in ("/opt/sequoiacm", "/opt/backup", "/opt/upgrade"):
+                base = host.opt_dirs[key]
+                for child in base.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+        time.sleep(0.05)
+
+
+def standard_topology(ports: Sequence[int], *, stopped_gateway: bool = True) -> Topology:
+    """A realistic host: cloud services, config, schedule, content, om, daemon, scmsystools."""
+    sc, auth, gw, gw2, admin, conf, sched, content, om = ports[:9]
+    nodes = [
+        NodeSpec("service-center", sc),
+        NodeSpec("auth-server", auth),
+        NodeSpec("gateway", gw),
+        NodeSpec("gateway", gw2, running=not stopped_gateway),
+        NodeSpec("admin-server", admin),
+        NodeSpec("config-server", conf),
+        NodeSpec("schedule-server", sched),
+        NodeSpec("content-server", content),
+        NodeSpec("om-server", om),
+        NodeSpec("daemon", None),
+    ]
+    services = (
+        "service-center",
+        "auth-server",
+        "gateway",
+        "admin-server",
+        "config-server",
+        "schedule-server",
+        "content-server",
+        "om-server",
+        "daemon",
+    )
+    return Topology(services=services, nodes=tuple(nodes))
+
+
+STANDARD_PORTS = (8810, 8830, 8080, 8081, 8870, 8840, 8860, 15000, 9980)

@@ -1,0 +1,628 @@
+"""The host agent, run as the control machine runs it (agent_argv) against a sandbox install."""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import io
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scmflow import agent
+from scmflow.agent import agent_argv, parse_agent_output
+from scmflow.catalog import Catalog, load_catalog
+from scmflow.release import Release, load_release
+from scmflow.sandbox import (
+    NodeSpec,
+    Topology,
+    build_release,
+    clear_faults,
+    free_ports,
+    health,
+    install,
+    kill_nodes,
+    local_run,
+    make_jdk,
+    set_fault,
+    start_topology,
+    stop_all,
+    tree_digest,
+)
+
+OLD, NEW = "3.2.0", "3.2.2"
+PY36 = Path("/root/.pyenv/versions/3.6.15/bin/python3.6")
+CUSTOMER_JAR = "lib/hbase_transwarp/hbase-client-transwarp-5.2.3.jar"
+UPGRADED = ("gateway", "content-server", "daemon", "scmsystools", "non-service")
+
+
+@dataclass(frozen=True)
+class World:
+    """Releases, their packages and a JDK, shared by the module."""
+
+    root: Path
+    catalog: Catalog
+    new: Release
+    jdk: Path
+
+
+@dataclass(frozen=True)
+class Host:
+    """One sandbox install: service-center and gateway (one node stopped), content, daemon."""
+
+    world: World
+    install: Path
+    backups: Path
+    sc: int
+    gw: int
+    gw_stopped: int
+    cs: int
+    python: str = "python3"
+
+    def call(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run the agent exactly as the control machine does; its reply."""
+        argv = agent_argv(op, spec)
+        argv[0] = self.python
+        env = {**os.environ, "JAVA_HOME": str(self.world.jdk)}
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        reply = parse_agent_output(proc.stdout)
+        assert proc.returncode == (0 if reply["ok"] else 1), (proc.returncode, reply)
+        assert "Traceback" not in proc.stderr
+        return reply
+
+    def ok(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """A call that must succeed."""
+        reply = self.call(op, spec)
+        assert reply["ok"], reply
+        return reply
+
+    def fails(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """A call that must fail with a one-line error."""
+        reply = self.call(op, spec)
+        assert not reply["ok"], reply
+        assert "\n" not in reply["error"]
+        return reply
+
+    def spec(self, service: str, **extra: Any) -> dict[str, Any]:
+        """The spec the control side sends for one pair of this host."""
+        spec = {
+            "install_path": str(self.install),
+            "service": self.world.catalog.get(service).to_spec(),
+            "backup_dir": str(self.backups / service),
+        }
+        spec.update(extra)
+        return spec
+
+    def package(self, service: str) -> str:
+        """The new release's package for `service`."""
+        return str(self.world.new.package_for(service).path)
+
+    def ports(self, service: str) -> list[int]:
+        """Ports that run before the upgrade."""
+        return {"service-center": [self.sc], "gateway": [self.gw], "content-server": [self.cs]}.get(
+            service, []
+        )
+
+    def probe(self) -> dict[str, Any]:
+        """The probe of every catalog service."""
+        return self.ok(
+            "probe",
+            {
+                "install_path": str(self.install),
+                "services": [s.to_spec() for s in self.world.catalog.services],
+                "java_home": str(self.world.jdk),
+                "df_paths": [str(self.backups)],
+            },
+        )
+
+    def running(self) -> set[tuple[str, int | None]]:
+        """(service, port) of every running node."""
+        services = self.probe()["services"]
+        return {
+            (name, node["port"])
+            for name, info in services.items()
+            for node in info["nodes"]
+            if node["running"]
+        }
+
+    def upgrade(self, service: str, *, twice: bool = False) -> None:
+        """backup, replace, restart, verify; each op twice with `twice`."""
+        daemon = service == "daemon"
+        ports = self.ports(service)
+        for _ in range(2 if twice else 1):
+            self.ok("backup", self.spec(service))
+        for _ in range(2 if twice else 1):
+            self.ok("replace", self.spec(service, package=self.package(service), new_version=NEW))
+        for _ in range(2 if twice else 1):
+            self.ok("restart", self.spec(service, ports=ports, daemon=daemon, timeout=30))
+        for _ in range(2 if twice else 1):
+            self.ok("verify", self.spec(service, version=NEW, ports=ports, daemon=daemon))
+
+    def restore(self, service: str, old_version: str | None = OLD) -> dict[str, Any]:
+        """Roll one pair back."""
+        return self.ok(
+            "restore",
+            self.spec(
+                service,
+                ports=self.ports(service),
+                daemon=service == "daemon",
+                old_version=old_version,
+                timeout=30,
+            ),
+        )
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    root = Path(tempfile.mkdtemp(prefix="scmflow-agent-test-"))
+    try:
+        catalog = load_catalog()
+        build_release(root / "rel-old", OLD)
+        new_root = build_release(root / "rel-new", NEW)
+        new = load_release(new_root, catalog, catalog.names(), work_dir=root / "work")
+        yield World(root=root, catalog=catalog, new=new, jdk=make_jdk(root / "jdk"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _make_host(world: World, base: Path, python: str = "python3") -> Host:
+    sc, gw, gw_stopped, cs = free_ports(4)
+    topology = Topology(
+        services=(
+            "service-center",
+            "gateway",
+            "content-server",
+            "daemon",
+            "scmsystools",
+            "non-service",
+        ),
+        nodes=(
+            NodeSpec("service-center", sc),
+            NodeSpec("gateway", gw),
+            NodeSpec("gateway", gw_stopped, running=False),
+            NodeSpec("content-server", cs),
+            NodeSpec("daemon", None),
+        ),
+    )
+    path = base / "sequoiacm"
+    install(world.root / "rel-old" / "sequoiacm", path, topology, customer_jars=True)
+    start_topology(path, topology, java_home=world.jdk, run=local_run)
+    return Host(world, path, base / "backup", sc, gw, gw_stopped, cs, python)
+
+
+@contextmanager
+def _running_host(world: World, base: Path, python: str = "python3") -> Iterator[Host]:
+    host = _make_host(world, base, python)
+    try:
+        yield host
+    finally:
+        clear_faults(host.install)
+        try:
+            stop_all(host.install, world.jdk, local_run)
+        finally:
+            kill_nodes(host.install)
+
+
+@pytest.fixture
+def host(world: World, tmp_path: Path) -> Iterator[Host]:
+    with _running_host(world, tmp_path) as h:
+        yield h
+
+
+@contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    where.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _conf_digests(install_path: Path) -> dict[str, str]:
+    return {d: tree_digest(install_path / d / "conf") for d in ("sequoiacm-cloud", "sequoiacm-content")}
+
+
+def _jars(install_path: Path, pattern: str) -> list[str]:
+    return sorted(p.name for p in install_path.glob(pattern))
+
+
+# ---------------------------------------------------------------- the command itself
+
+
+def test_argv_runs_this_file_and_replies_on_the_last_line(host: Host) -> None:
+    argv = agent_argv("exists", {"paths": [str(host.install), str(host.install / "nope")]})
+    assert argv[:2] == ["python3", "-c"]
+    assert argv[4:] == ["exists", json.dumps({"paths": [str(host.install), str(host.install / "nope")]})]
+    assert host.ok("exists", {"paths": [str(host.install), str(host.install / "nope")]}) == {
+        "ok": True,
+        "exists": [str(host.install)],
+    }
+    assert parse_agent_output('noise\n{"ok": true, "x": 1}\n\n') == {"ok": True, "x": 1}
+    for bad in ("", "noise only", '["ok"]', '{"x": 1}'):
+        with pytest.raises(ValueError):
+            parse_agent_output(bad)
+
+
+def test_bad_requests_fail_with_one_line_and_no_traceback(host: Host) -> None:
+    unknown = host.fails("explode", {})
+    assert unknown["error"] == "unknown op 'explode'" and unknown["step"] == "args"
+    missing = host.fails("backup", {"service": host.world.catalog.get("gateway").to_spec()})
+    assert missing["error"] == "the spec lacks 'backup_dir'"
+    # An unexpected error still answers, with the trace kept for the log.
+    broken = host.fails("probe", {"install_path": str(host.install), "services": [{"name": "x"}]})
+    assert broken["error"].startswith("KeyError") and "Traceback" in broken["trace"]
+
+
+def test_agent_source_stays_python36_compatible() -> None:
+    source = Path(agent.__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source, feature_version=(3, 6))
+    imported = {
+        (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    assert not any(name.startswith("scmflow") or name == "__future__" for name in imported)
+    for node in ast.walk(tree):
+        annotations = []
+        if isinstance(node, ast.FunctionDef):
+            annotations = [a.annotation for a in node.args.args if a.annotation] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            annotations = [node.annotation]
+        for ann in annotations:
+            for part in ast.walk(ann) if ann is not None else ():
+                # 3.6 evaluates annotations: no `X | Y` and no builtin generics like list[str].
+                assert not isinstance(part, ast.BinOp), ast.unparse(ann)
+                if isinstance(part, ast.Subscript):
+                    assert isinstance(part.value, ast.Name) and part.value.id[0].isupper(), ast.unparse(ann)
+    for newer in ("capture_output", "text=True", "dirs_exist_ok", "missing_ok", ":="):
+        assert newer not in source
+
+
+# ---------------------------------------------------------------- probe
+
+
+def test_probe_reports_java_versions_and_nodes(host: Host) -> None:
+    reply = host.probe()
+    assert reply["java_home"] == str(host.world.jdk)
+    assert reply["java_version"] == "1.8.0_221"
+    assert reply["install_path_exists"] is True
+    assert reply["user"] == pwd.getpwuid(os.geteuid()).pw_name
+    assert reply["free"][str(host.backups)] > 0
+    services = reply["services"]
+    versions = {name: info["version"] for name, info in services.items() if info["version"]}
+    assert versions == {
+        name: OLD
+        for name in ("service-center", "gateway", "content-server", "daemon", "scmsystools", "non-service")
+    }
+    assert services["service-trace"] == {"version": None, "nodes": []}
+
+    def nodes(name: str) -> list[tuple[int | None, bool]]:
+        return sorted((n["port"], n["running"]) for n in services[name]["nodes"])
+
+    assert nodes("service-center") == [(host.sc, True)]
+    assert nodes("gateway") == sorted([(host.gw, True), (host.gw_stopped, False)])
+    assert nodes("content-server") == [(host.cs, True)]
+    assert nodes("daemon") == [(None, True)]
+    assert nodes("scmsystools") == [] and nodes("non-service") == []
+    for name, port in (("gateway", host.gw), ("content-server", host.cs)):
+        pid = next(n["pid"] for n in services[name]["nodes"] if n["port"] == port)
+        assert health("127.0.0.1", port)["pid"] == pid
+
+
+def test_daemon_runs_only_while_its_crontab_command_does(host: Host) -> None:
+    crontab = (host.install / "daemon" / "conf" / ".crontab.properties").read_text()
+    command = crontab.split("nohup", 1)[1].split(">", 1)[0].strip()
+    pid = host.probe()["services"]["daemon"]["nodes"][0]["pid"]
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1] == [
+        w.encode() for w in command.split()
+    ]
+    os.kill(pid, signal.SIGTERM)
+    # A cron shell still carrying the command after `nohup` is not the daemon.
+    with subprocess.Popen(["sh", "-c", f"sleep 30 || nohup {command} > /dev/null", "cron"]) as shell:
+        try:
+            deadline = time.monotonic() + 5
+            while host.probe()["services"]["daemon"]["nodes"][0]["running"]:
+                assert time.monotonic() < deadline, "daemon still reported running"
+            node = host.probe()["services"]["daemon"]["nodes"]
+            assert node == [{"port": None, "pid": None, "running": False}]
+        finally:
+            shell.kill()
+
+
+def test_probe_reads_java_home_from_the_profile_when_not_given(host: Host, tmp_path: Path) -> None:
+    jdk17 = make_jdk(tmp_path / "jdk17", "17.0.2")
+    profile = tmp_path / "profile"
+    profile.write_text(f"echo noise\nexport JAVA_HOME={jdk17}\n", encoding="utf-8")
+    spec = {"install_path": str(tmp_path / "absent"), "services": [], "java_home": None}
+    reply = host.ok("probe", {**spec, "profile": str(profile)})
+    assert (reply["java_home"], reply["java_version"]) == (str(jdk17), "17.0.2")
+    assert reply["install_path_exists"] is False
+    profile.write_text("# no JAVA_HOME here\n", encoding="utf-8")
+    bare = host.ok("probe", {**spec, "profile": str(profile)})
+    assert (bare["java_home"], bare["java_version"]) == (None, None)
+
+
+def test_probe_refuses_two_versions_of_one_service(host: Host) -> None:
+    jars = host.install / "sequoiacm-cloud" / "jars"
+    shutil.copy(jars / f"sequoiacm-cloud-gateway-{OLD}.jar", jars / f"sequoiacm-cloud-gateway-{NEW}.jar")
+    reply = host.fails(
+        "probe", {"install_path": str(host.install), "services": [host.spec("gateway")["service"]]}
+    )
+    assert f"sequoiacm-cloud-gateway-{OLD}.jar" in reply["error"]
+    assert f"sequoiacm-cloud-gateway-{NEW}.jar" in reply["error"]
+
+
+# ---------------------------------------------------------------- upgrade and restore
+
+
+@pytest.mark.parametrize("python", ["python3", str(PY36)], ids=["default", "py36"])
+def test_upgrade_then_restore_round_trip(world: World, tmp_path: Path, python: str) -> None:
+    if python == str(PY36) and not PY36.exists():
+        pytest.skip("no Python 3.6 on this machine")
+    with _running_host(world, tmp_path, python) as host:
+        _round_trip(host)
+
+
+def _round_trip(host: Host) -> None:
+    inst = host.install
+    before_digest = tree_digest(inst)
+    before_conf = _conf_digests(inst)
+    before_running = host.running()
+    customer = (inst / "sequoiacm-content" / CUSTOMER_JAR).read_bytes()
+    for service in UPGRADED:
+        host.upgrade(service, twice=True)
+
+    probe = host.probe()["services"]
+    assert {name: probe[name]["version"] for name in UPGRADED} == dict.fromkeys(UPGRADED, NEW)
+    assert probe["service-center"]["version"] == OLD  # shares the dir, not upgraded
+    assert _jars(inst, "sequoiacm-cloud/jars/sequoiacm-cloud-gateway-*.jar") == [
+        f"sequoiacm-cloud-gateway-{NEW}.jar"
+    ]
+    assert _jars(inst, "sequoiacm-cloud/jars/sequoiacm-cloud-tools-*.jar") == [
+        f"sequoiacm-cloud-tools-{NEW}.jar"
+    ]
+    assert _jars(inst, "sequoiacm-cloud/jars/sequoiacm-cloud-servicetrace-*.jar") == []
+    assert _jars(inst, "sequoiacm-content/lib/sequoiacm-content-server-*.jar") == [
+        f"sequoiacm-content-server-{NEW}.jar"
+    ]
+    assert _jars(inst, "driver/sequoiacm-driver-*.tar.gz") == [f"sequoiacm-driver-{NEW}-release.tar.gz"]
+    assert (inst / "sequoiacm-content" / CUSTOMER_JAR).read_bytes() == customer
+    assert _conf_digests(inst) == before_conf
+    assert not list(inst.glob(".scmflow-staging-*"))
+    for port in (host.gw, host.cs):
+        assert health("127.0.0.1", port)["version"] == NEW
+    assert health("127.0.0.1", host.sc)["version"] == OLD
+    assert host.running() == before_running  # the stopped gateway node stays stopped
+
+    for service in reversed(UPGRADED):
+        assert host.restore(service)["restored"] is True
+    assert host.restore("gateway")["restored"] is True  # restore is idempotent
+    assert tree_digest(inst) == before_digest
+    assert host.running() == before_running
+    for port in (host.sc, host.gw, host.cs):
+        assert health("127.0.0.1", port)["version"] == OLD
+
+
+def test_rerun_after_a_crash_mid_replace_gives_the_same_tree(host: Host) -> None:
+    inst = host.install
+    before = tree_digest(inst)
+    host.upgrade("content-server")
+    upgraded = tree_digest(inst)
+    restart = host.spec("content-server", ports=[host.cs], daemon=False, timeout=30)
+    replace = host.spec("content-server", package=host.package("content-server"), new_version=NEW)
+
+    # A crash after half the swap: bin/ and the new lib/ gone, a staging dir left behind.
+    host.ok("replace", replace)
+    content = inst / "sequoiacm-content"
+    shutil.rmtree(content / "bin")
+    shutil.rmtree(content / "lib")
+    (inst / ".scmflow-staging-content-server" / "junk").mkdir(parents=True)
+    host.ok("replace", replace)
+    host.ok("restart", restart)
+    assert tree_digest(inst) == upgraded
+    assert (content / CUSTOMER_JAR).is_file()
+
+    # The same crash, then a rollback instead of a rerun.
+    host.ok("replace", replace)
+    shutil.rmtree(content / "lib")
+    host.restore("content-server")
+    assert tree_digest(inst) == before
+    assert health("127.0.0.1", host.cs)["version"] == OLD
+
+
+def test_replace_refuses_an_incomplete_backup_and_abandon_drops_it(host: Host) -> None:
+    before = tree_digest(host.install)
+    host.ok("backup", host.spec("gateway"))
+    marker = host.backups / "gateway" / ".complete"
+    marker.unlink()
+    replace = host.spec("gateway", package=host.package("gateway"), new_version=NEW)
+    reply = host.fails("replace", replace)
+    assert reply["step"] == "check-backup" and "not complete" in reply["error"]
+    assert tree_digest(host.install) == before
+    assert health("127.0.0.1", host.gw)["version"] == OLD
+
+    # A rerun backup wipes the partial one and redoes it.
+    (host.backups / "gateway" / "files" / "bin" / "stray").write_text("x")
+    again = host.ok("backup", host.spec("gateway"))
+    assert again["already"] is False and marker.is_file()
+    assert not (host.backups / "gateway" / "files" / "bin" / "stray").exists()
+    assert host.ok("abandon", {"backup_dir": str(host.backups / "gateway")}) == {
+        "ok": True,
+        "removed": False,
+    }
+    other = host.fails("replace", dict(replace, service=host.spec("daemon")["service"]))
+    assert other["error"] == f"the backup {host.backups / 'gateway'} holds gateway, not daemon"
+    marker.unlink()
+    assert host.ok("abandon", {"backup_dir": str(host.backups / "gateway")})["removed"] is True
+    assert not (host.backups / "gateway").exists()
+
+    host.ok("backup", host.spec("daemon"))
+    (host.backups / "daemon" / ".complete").unlink()
+    assert host.restore("daemon") == {"ok": True, "restored": False}
+    assert not (host.backups / "daemon").exists()
+    assert tree_digest(host.install) == before
+
+
+def test_stop_failure_fails_replace_before_any_file_changes(host: Host) -> None:
+    before = tree_digest(host.install)
+    set_fault(host.install, "gateway", "stop-fail")
+    host.ok("backup", host.spec("gateway"))
+    reply = host.fails("replace", host.spec("gateway", package=host.package("gateway"), new_version=NEW))
+    assert reply["step"] == "stop"
+    assert f"GATEWAY({host.gw})" in reply["error"] and "injected stop failure" in reply["error"]
+    assert tree_digest(host.install) == before
+    assert not list(host.install.glob(".scmflow-staging-*"))
+
+
+def test_start_failure_reports_the_ctl_error_and_restore_recovers(host: Host) -> None:
+    set_fault(host.install, "gateway", "start-fail", NEW)
+    before = tree_digest(host.install)
+    host.ok("backup", host.spec("gateway"))
+    host.ok("replace", host.spec("gateway", package=host.package("gateway"), new_version=NEW))
+    reply = host.fails("restart", host.spec("gateway", ports=[host.gw], daemon=False, timeout=30))
+    assert reply["step"] == f"start {host.gw}"
+    assert "injected start failure" in reply["error"] and "scmcloudctl.sh" in reply["error"]
+    verify = host.fails("verify", host.spec("gateway", version=OLD, ports=[host.gw], wait=0.5))
+    assert f"version on disk is {NEW}, expected {OLD}" in verify["error"]
+    assert f"GATEWAY({host.gw}) is not running" in verify["error"]
+    host.restore("gateway")
+    assert tree_digest(host.install) == before
+    assert health("127.0.0.1", host.gw)["version"] == OLD
+
+
+def test_fresh_install_of_an_absent_service_is_undone_by_restore(world: World, tmp_path: Path) -> None:
+    with _running_host(world, tmp_path) as host:
+        shutil.rmtree(host.install / "sequoiacm-sys-tools")
+        before = tree_digest(host.install)
+        host.upgrade("scmsystools")
+        assert _jars(host.install, "sequoiacm-sys-tools/jars/*.jar") == [f"sequoiacm-sys-tools-{NEW}.jar"]
+        host.restore("scmsystools", old_version=None)
+        assert not (host.install / "sequoiacm-sys-tools").exists()
+        assert tree_digest(host.install) == before
+
+
+def test_unsafe_packages_are_refused_before_anything_stops(host: Host, tmp_path: Path) -> None:
+    before = tree_digest(host.install)
+    host.ok("backup", host.spec("gateway"))
+    for name, kind, target in (
+        ("sequoiacm-cloud/../../evil", tarfile.REGTYPE, ""),
+        ("/etc/evil", tarfile.REGTYPE, ""),
+        ("sequoiacm-cloud/bin/link", tarfile.SYMTYPE, "../../../etc/passwd"),
+        ("sequoiacm-cloud/bin/up", tarfile.SYMTYPE, "../../sequoiacm-content"),
+        ("sequoiacm-cloud/bin/hard", tarfile.LNKTYPE, "other/file"),
+        ("sequoiacm-content/bin/x.sh", tarfile.REGTYPE, ""),
+        ("sequoiacm-cloud/fifo", tarfile.FIFOTYPE, ""),
+    ):
+        bad = tmp_path / "bad.tar.gz"
+        with tarfile.open(bad, "w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tar.addfile(info, io.BytesIO(b""))
+        reply = host.fails("replace", host.spec("gateway", package=str(bad), new_version=NEW))
+        assert reply["step"] == "extract" and name in reply["error"]
+    assert tree_digest(host.install) == before
+    assert health("127.0.0.1", host.gw)["version"] == OLD
+
+
+# ---------------------------------------------------------------- full disks
+
+
+def test_full_backup_disk_fails_the_backup_and_so_the_replace(host: Host, tmp_path: Path) -> None:
+    before = tree_digest(host.install)
+    with _tmpfs(tmp_path / "small", "size=4m") as small:
+        (small / "filler").write_bytes(b"\0" * (3 << 20) + b"\0" * (800 << 10))
+        spec = host.spec("content-server", backup_dir=str(small / "content-server"))
+        reply = host.fails("backup", spec)
+        assert reply["step"] == "space"
+        assert reply["error"].startswith(f"not enough space on {os.uname().nodename}:{small}/content-server:")
+        need, have = re.fullmatch(r".*: need (\d+), have (\d+)", reply["error"]).groups()
+        assert int(need) > int(have)
+        assert not (small / "content-server").exists()
+        replace = dict(spec, package=host.package("content-server"), new_version=NEW)
+        assert host.fails("replace", replace)["step"] == "check-backup"
+    assert tree_digest(host.install) == before
+
+
+def test_disk_filling_up_during_the_copy_is_a_clean_error(host: Host, tmp_path: Path) -> None:
+    # Bytes to spare but only a handful of inodes: the space check passes, the copy fails.
+    with _tmpfs(tmp_path / "few-inodes", "size=64m,nr_inodes=8") as small:
+        reply = host.fails("backup", host.spec("content-server", backup_dir=str(small / "cs")))
+        assert reply["step"] == "copy"
+        assert reply["error"] == f"no space left on {os.uname().nodename}:{small}/cs during the backup"
+        assert "trace" not in reply
+        assert not (small / "cs").exists()
+
+
+# ---------------------------------------------------------------- locks and dirs
+
+
+def test_run_lock_names_its_holder_and_can_be_forced(host: Host, tmp_path: Path) -> None:
+    path = str(tmp_path / "pack" / "scmflow.lock")
+
+    def spec(run: str, **extra: Any) -> dict[str, Any]:
+        return {"lock_path": path, "run_id": run, "control_host": f"ctl-{run}", "pid": 42, **extra}
+
+    assert host.ok("lock", spec("a")) == {"ok": True, "locked": True}
+    assert host.ok("lock", spec("a"))["already"] is True
+    taken = host.fails("lock", spec("b"))
+    assert taken["step"] == "lock"
+    assert "held by run a from ctl-a (pid 42)" in taken["error"]
+    forced = host.ok("lock", spec("b", force=True))
+    assert forced["replaced"]["run_id"] == "a"
+    assert host.ok("unlock", spec("a"))["removed"] is False
+    assert json.loads(Path(path).read_text())["run_id"] == "b"
+    assert host.ok("unlock", spec("b"))["removed"] is True
+    assert not Path(path).exists()
+
+
+def test_step_lock_keeps_two_steps_apart(host: Host, tmp_path: Path) -> None:
+    lock = tmp_path / "backup" / ".agent.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242")
+        held.flush()
+        spec = host.spec("gateway", lock_path=str(lock), lock_wait=0.3)
+        reply = host.fails("backup", spec)
+        assert reply["step"] == "step-lock" and "pid 4242" in reply["error"]
+        assert not (host.backups / "gateway").exists()
+    assert host.ok("backup", spec)["already"] is False
+
+
+def test_prepare_makes_owned_dirs_and_exists_lists_them(host: Host, tmp_path: Path) -> None:
+    leaf = tmp_path / "opt" / "upgrade" / "sequoiacm" / "upgrade-1"
+    reply = host.ok("prepare", {"dirs": [{"path": str(leaf), "mode": "0750", "owner": "nobody"}]})
+    assert reply["created"] == [str(tmp_path / "opt"), str(leaf.parent.parent), str(leaf.parent), str(leaf)]
+    nobody = pwd.getpwnam("nobody")
+    st = leaf.stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o750, nobody.pw_uid)
+    assert (tmp_path / "opt").stat().st_uid == nobody.pw_uid
+    assert tmp_path.stat().st_uid != nobody.pw_uid
+    spec = {"paths": [str(leaf), str(leaf.parent / "upgrade-2")]}
+    assert host.ok("exists", spec)["exists"] == [str(leaf)]
+    assert host.fails("prepare", {"dirs": [{"path": str(leaf), "owner": "no-such-user"}]})["step"] == "chown"
+    reused = host.fails("prepare", {"dirs": [{"path": str(leaf), "mode": 0o755, "fresh": True}]})
+    assert reused["step"] == "prepare" and "already exists" in reused["error"]
+    assert leaf.stat().st_mode & 0o777 == 0o750

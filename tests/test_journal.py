@@ -1,0 +1,528 @@
+"""The upgrade-status file: writing, integrity checks, torn tails, resume, replay."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import stat
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from scmflow.errors import JournalError, LockError
+from scmflow.journal import (
+    FORMAT,
+    Journal,
+    TamperedJournal,
+    read_journal,
+    replay,
+    verify_journal,
+)
+
+NOW = datetime(2024, 5, 1, 8, 0, 0)
+PLAN = [
+    {"host": "h1", "service": "gateway", "old_version": "3.2.1", "new_version": "3.2.2"},
+    {"host": "h2", "service": "gateway", "old_version": "3.2.1", "new_version": "3.2.2"},
+    {"host": "h1", "service": "content-server", "old_version": "3.2.0", "new_version": "3.2.2"},
+    {"host": "h2", "service": "content-server", "old_version": None, "new_version": "3.2.2"},
+]
+STEPS = [
+    ("backup", "pending", "backed_up"),
+    ("replace", "backed_up", "replaced"),
+    ("restart", "replaced", "restarted"),
+    ("verify", "restarted", "verified"),
+]
+
+
+class Ticker:
+    """A clock that advances by `step` seconds at every reading."""
+
+    def __init__(self, start: float = 1714550400.0, step: float = 0.25) -> None:
+        self.now = start - step
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def header(**extra: Any) -> dict[str, Any]:
+    return {
+        "run_id": "run-1",
+        "operator": "root",
+        "argv": ["scm.py", "cluster", "--upgrade"],
+        "hosts": [{"name": "h1", "port": 22, "user": "root", "java_home": "/opt/jdk"}],
+        "plan": PLAN,
+        **extra,
+    }
+
+
+def pair_event(kind: str, host: str, service: str, trigger: str, src: str, dst: str, **extra: Any):
+    return {
+        "kind": kind,
+        "host": host,
+        "service": service,
+        "trigger": trigger,
+        "src": src,
+        "dst": dst,
+        **extra,
+    }
+
+
+def run_steps(journal: Journal, host: str, service: str, steps=STEPS) -> None:
+    for trigger, src, dst in steps:
+        journal.append(pair_event("begin", host, service, trigger, src, dst, detail={"action": trigger}))
+        journal.append(pair_event("transition", host, service, trigger, src, dst, detail={"ok": True}))
+
+
+def sample_journal(tmp_path: Path) -> Path:
+    """Header plus a run record and eight pair events plus a closing run record."""
+    with Journal.create(tmp_path / "status", header(), now=NOW, clock=Ticker()) as journal:
+        journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+        run_steps(journal, "h1", "gateway")
+        journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "success"}})
+        return journal.path
+
+
+def frame_offsets(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every frame of an intact file."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    spans, start = [], 0
+    for _ in unpacker:
+        spans.append((start, unpacker.tell()))
+        start = unpacker.tell()
+    assert start == len(data)
+    return spans
+
+
+def raw_frame(payload: dict[str, Any]) -> bytes:
+    body = msgpack.packb(payload, use_bin_type=True)
+    return msgpack.packb([body, hashlib.sha256(body).digest()], use_bin_type=True)
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    clock = Ticker()
+    with Journal.create(tmp_path / "status", header(), now=NOW, clock=clock) as journal:
+        written = [
+            journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}}),
+            journal.append(pair_event("begin", "h1", "gateway", "backup", "pending", "backed_up")),
+            journal.append(
+                pair_event(
+                    "transition", "h1", "gateway", "backup", "pending", "backed_up",
+                    detail={"files": ["a.jar", "b.jar"], "bytes": 12345},
+                )
+            ),
+            journal.append({"kind": "note", "detail": "operator note"}),
+        ]
+        path = journal.path
+
+    contents = read_journal(path)
+    assert contents.header["format"] == FORMAT
+    assert contents.header["format_version"] == 1
+    assert contents.header["seq"] == 0
+    assert contents.header["run_id"] == "run-1"
+    assert contents.header["plan"] == PLAN
+    assert contents.header["epoch"] == NOW.timestamp()
+    assert contents.header["time"] == NOW.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert list(contents.records) == written
+    assert [r["seq"] for r in contents.records] == [1, 2, 3, 4]
+    assert contents.records[2]["detail"] == {"files": ["a.jar", "b.jar"], "bytes": 12345}
+    assert contents.records[0]["time"].endswith("Z") and "." in contents.records[0]["time"]
+    assert contents.records[1]["epoch"] == pytest.approx(1714550400.25)
+    assert contents.records[1]["time"] == "2024-05-01T08:00:00.250Z"
+    # each record chains to the digest of the one before
+    for index, record in enumerate(contents.records, start=1):
+        assert record["prev"] == contents.digests[index - 1]
+    assert not contents.torn_tail and contents.problems == ()
+    result = verify_journal(path)
+    assert result.ok and result.count == 5 and result.first_bad_seq is None
+
+
+def test_file_name_modes_and_header_time(tmp_path: Path) -> None:
+    status_dir = tmp_path / "deploy" / "upgrade-status"
+    with Journal.create(status_dir, header(), now=NOW) as journal:
+        path = journal.path
+    assert path.name == "upgrade_status_2024-05-01-08:00:00"
+    assert path.parent == status_dir
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(status_dir.stat().st_mode) == 0o700
+    assert read_journal(path).header["epoch"] == NOW.timestamp()
+
+
+def test_same_second_gets_numbered_suffixes(tmp_path: Path) -> None:
+    names = []
+    for run in range(3):
+        with Journal.create(tmp_path, header(run_id=f"run-{run}"), now=NOW) as journal:
+            names.append(journal.path.name)
+    base = "upgrade_status_2024-05-01-08:00:00"
+    assert names == [base, f"{base}-2", f"{base}-3"]
+    assert [read_journal(tmp_path / n).header["run_id"] for n in names] == ["run-0", "run-1", "run-2"]
+
+
+def test_create_never_overwrites_an_existing_file(tmp_path: Path) -> None:
+    existing = tmp_path / "upgrade_status_2024-05-01-08:00:00"
+    existing.write_bytes(b"someone else's file")
+    with Journal.create(tmp_path, header(), now=NOW) as journal:
+        assert journal.path.name.endswith("-2")
+    assert existing.read_bytes() == b"someone else's file"
+
+
+def test_every_append_is_fsynced_before_it_returns(tmp_path: Path, monkeypatch) -> None:
+    real_fsync = os.fsync
+    synced_sizes: list[int] = []
+
+    def counting_fsync(fd: int) -> None:
+        synced_sizes.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    after_create = len(synced_sizes)
+    assert after_create >= 1
+    assert synced_sizes[0] == journal.path.stat().st_size  # the header is on disk
+    for n in range(5):
+        journal.append({"kind": "note", "detail": f"note {n}"})
+        assert len(synced_sizes) == after_create + n + 1
+        assert synced_sizes[-1] == journal.path.stat().st_size
+    journal.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"hosts": [{"name": "h1", "Password": "sequoiadb"}]},
+        {"install": {"InstallUserPassword": "admin"}},
+        {"sudo_passwd": "x"},
+        {"deep": [[{"api_token": "t"}]]},
+        {"client_secret": "s"},
+    ],
+)
+def test_header_with_a_secret_is_refused(tmp_path: Path, extra: dict[str, Any]) -> None:
+    with pytest.raises(JournalError, match="secret"):
+        Journal.create(tmp_path / "status", header(**extra), now=NOW)
+    assert not (tmp_path / "status").exists() or not any((tmp_path / "status").iterdir())
+
+
+def test_bad_events_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, header(), now=NOW) as journal:
+        size = journal.path.stat().st_size
+        bad_events = [
+            {"kind": "explode"},
+            {"kind": "note", "seq": 7},
+            {"kind": "note", "prev": b"x"},
+            {"kind": "begin", "host": "h1", "service": "gateway"},  # no trigger
+            {"kind": "transition", "host": "h1", "service": "gateway", "trigger": "backup"},  # no dst
+            {"kind": "note", "detail": {"password": "x"}},
+            {"kind": "note", "detail": object()},
+            {"kind": "note", "detail": {1, 2}},
+        ]
+        for event in bad_events:
+            with pytest.raises(JournalError):
+                journal.append(event)
+        assert journal.path.stat().st_size == size
+        journal.append({"kind": "note", "detail": "still fine"})
+    assert verify_journal(journal.path).ok
+
+
+def test_reserved_header_keys_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="format_version"):
+        Journal.create(tmp_path, header(format_version=9), now=NOW)
+
+
+def test_append_after_close_is_refused(tmp_path: Path) -> None:
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.append({"kind": "note"})
+
+
+def test_failed_write_is_cut_off_so_the_file_stays_valid(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    journal.append({"kind": "note", "detail": "before"})
+    real_write = os.write
+
+    def half_then_fail(fd: int, data) -> int:
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_fail)
+    with pytest.raises(JournalError, match="No space left"):
+        journal.append({"kind": "note", "detail": "lost " * 50})
+    monkeypatch.setattr(os, "write", real_write)
+    journal.append({"kind": "note", "detail": "after"})
+    journal.close()
+    result = verify_journal(journal.path)
+    assert result.ok, result.message
+    assert [r["detail"] for r in read_journal(journal.path).records] == ["before", "after"]
+
+
+def test_concurrent_appends_keep_one_valid_chain(tmp_path: Path) -> None:
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    threads_count, per_thread = 8, 40
+
+    def worker(number: int) -> None:
+        for i in range(per_thread):
+            journal.append({"kind": "note", "detail": {"thread": number, "i": i}})
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    journal.close()
+
+    result = verify_journal(journal.path)
+    assert result.ok and result.count == 1 + threads_count * per_thread
+    records = read_journal(journal.path).records
+    assert [r["seq"] for r in records] == list(range(1, 1 + threads_count * per_thread))
+    for number in range(threads_count):
+        mine = [r["detail"]["i"] for r in records if r["detail"]["thread"] == number]
+        assert mine == list(range(per_thread))
+
+
+# --- reading damaged and foreign files --------------------------------------------------
+
+
+def test_torn_tail_is_reported_and_ignored(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    data = path.read_bytes()
+    intact = read_journal(path)
+    last_start, last_end = frame_offsets(data)[-1]
+    for cut in range(1, last_end - last_start):
+        path.write_bytes(data[:-cut])
+        contents = read_journal(path)
+        assert contents.torn_tail, cut
+        assert contents.torn_offset == last_start
+        assert contents.records == intact.records[:-1]
+        assert any("incomplete" in p for p in contents.problems)
+        result = verify_journal(path)
+        assert not result.ok and result.torn_tail
+        assert result.first_bad_seq == intact.count - 1
+        assert result.count == intact.count - 1
+
+
+def test_every_changed_byte_is_detected_and_located(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    data = path.read_bytes()
+    spans = frame_offsets(data)
+    assert len(spans) == 11
+    for seq, (start, end) in enumerate(spans):
+        for offset in range(start, end):
+            for mask in (0x01, 0x80, 0xFF):
+                damaged = bytearray(data)
+                damaged[offset] ^= mask
+                path.write_bytes(bytes(damaged))
+                where = f"record {seq}, offset {offset}, mask {mask:#x}"
+                with pytest.raises(JournalError):
+                    read_journal(path)
+                try:
+                    result = verify_journal(path)
+                except JournalError:
+                    # A header mangled beyond recognition is "not a status file".
+                    assert seq == 0, where
+                    continue
+                assert not result.ok and not result.torn_tail, where
+                assert result.first_bad_seq == seq, where
+                assert result.first_bad_offset == start, where
+                assert result.count == seq, where
+
+
+def test_rewritten_record_breaks_the_chain(tmp_path: Path) -> None:
+    # A forger who recomputes the changed record's digest is caught by the next record.
+    path = sample_journal(tmp_path)
+    data = path.read_bytes()
+    spans = frame_offsets(data)
+    start, end = spans[3]
+    record = read_journal(path).records[2]
+    forged = raw_frame({**record, "detail": {"ok": False}})
+    path.write_bytes(data[:start] + forged + data[end:])
+    result = verify_journal(path)
+    assert not result.ok and result.first_bad_seq == 4
+    assert "does not chain to record 3" in result.message
+    with pytest.raises(TamperedJournal, match="record 4"):
+        read_journal(path)
+
+
+def test_removed_record_is_detected(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    data = path.read_bytes()
+    start, end = frame_offsets(data)[5]
+    path.write_bytes(data[:start] + data[end:])
+    result = verify_journal(path)
+    assert not result.ok and result.first_bad_seq == 5
+    assert "removed or reordered" in result.message
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1000, 50_000])
+def test_random_bytes_are_not_a_status_file(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "upgrade_status_x"
+    rng = random.Random(size)
+    for _attempt in range(20):
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(size)))
+        with pytest.raises(JournalError, match="is not an scmflow upgrade status file"):
+            read_journal(path)
+        with pytest.raises(JournalError, match="is not an scmflow upgrade status file"):
+            verify_journal(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"[host]\nHostName, SshPort\nh1, 22\n",
+        raw_frame({"format": "something-else", "format_version": 1, "seq": 0}),
+        msgpack.packb({"format": FORMAT}),
+    ],
+)
+def test_foreign_files_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "upgrade_status_x"
+    path.write_bytes(content)
+    with pytest.raises(JournalError, match=r"is not an scmflow upgrade status file"):
+        read_journal(path)
+
+
+def test_missing_file_and_directory_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="cannot read"):
+        read_journal(tmp_path / "nope")
+    with pytest.raises(JournalError, match="directory"):
+        read_journal(tmp_path)
+
+
+def test_newer_format_is_refused_with_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "upgrade_status_x"
+    path.write_bytes(raw_frame({"format": FORMAT, "format_version": 2, "seq": 0}) + b"\x00future")
+    for reader in (read_journal, verify_journal):
+        newer = r"newer scmflow \(status format version 2; .*up to version 1\)"
+        with pytest.raises(JournalError, match=newer):
+            reader(path)
+
+
+def test_header_cut_while_being_created(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    header_end = frame_offsets(path.read_bytes())[0][1]
+    path.write_bytes(path.read_bytes()[: header_end - 5])
+    with pytest.raises(JournalError, match="no complete header"):
+        read_journal(path)
+    assert not verify_journal(path).ok
+
+
+# --- resume ---------------------------------------------------------------------------
+
+
+def test_open_for_append_cuts_the_torn_tail_and_notes_it(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    intact = read_journal(path)
+    data = path.read_bytes()
+    last_start, _ = frame_offsets(data)[-1]
+    path.write_bytes(data[:-9])
+
+    with Journal.open_for_append(path, clock=Ticker(start=1714560000.0)) as journal:
+        assert journal.seq == intact.count - 1  # the note took the torn record's seq
+        journal.append({"kind": "run", "detail": {"action": "rollback", "result": "started"}})
+
+    assert verify_journal(path).ok
+    contents = read_journal(path)
+    assert contents.records[:-2] == intact.records[:-1]
+    note = contents.records[-2]
+    assert note["kind"] == "note" and note["seq"] == intact.count - 1
+    assert note["detail"]["torn_offset"] == last_start
+    assert note["detail"]["torn_bytes"] == len(data) - 9 - last_start
+    assert contents.records[-1]["detail"]["action"] == "rollback"
+
+
+def test_open_for_append_continues_the_chain(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    count = read_journal(path).count
+    with Journal.open_for_append(path) as journal:
+        journal.append({"kind": "note", "detail": "resumed"})
+    contents = read_journal(path)
+    assert contents.count == count + 1 and contents.records[-1]["seq"] == count
+    assert verify_journal(path).ok
+
+
+def test_open_for_append_refuses_a_tampered_file(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[frame_offsets(bytes(data))[2][0] + 10] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(TamperedJournal, match="record 2"):
+        Journal.open_for_append(path)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_only_one_writer_at_a_time(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, header(), now=NOW) as journal:
+        with pytest.raises(LockError, match="in use"):
+            Journal.open_for_append(journal.path)
+    with Journal.open_for_append(journal.path) as again:
+        again.append({"kind": "note"})
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+def test_replay_gives_states_in_flight_actions_and_errors(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, header(), now=NOW, clock=Ticker()) as journal:
+        run_steps(journal, "h1", "gateway")
+        run_steps(journal, "h2", "gateway", STEPS[:1])
+        journal.append(pair_event("begin", "h2", "gateway", "replace", "backed_up", "replaced"))
+        run_steps(journal, "h1", "content-server", STEPS[:2])
+        journal.append(pair_event("begin", "h1", "content-server", "restart", "replaced", "restarted"))
+        journal.append(
+            pair_event(
+                "fail", "h1", "content-server", "restart", "replaced", "failed",
+                detail={"error": "[h1] node 15000 did not start", "type": "RemoteError"},
+            )
+        )
+        path = journal.path
+
+    pairs = replay(read_journal(path))
+    assert list(pairs) == [(p["host"], p["service"]) for p in PLAN]
+    done = pairs[("h1", "gateway")]
+    assert (done.state, done.in_flight, done.last_error) == ("verified", None, None)
+    assert [r["kind"] for r in done.history] == ["begin", "transition"] * 4
+    assert done.started == pytest.approx(1714550400.25)
+    assert done.finished == pytest.approx(1714550400.25 + 7 * 0.25)
+    crashed = pairs[("h2", "gateway")]
+    assert (crashed.state, crashed.in_flight) == ("backed_up", "replace")
+    failed = pairs[("h1", "content-server")]
+    assert (failed.state, failed.in_flight) == ("failed", None)
+    assert failed.last_error == "[h1] node 15000 did not start"
+    untouched = pairs[("h2", "content-server")]
+    assert (untouched.state, untouched.in_flight, untouched.history) == ("pending", None, ())
+    assert untouched.old_version is None and untouched.new_version == "3.2.2"
+
+
+def test_replay_follows_a_later_rollback(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    with Journal.open_for_append(path) as journal:
+        journal.append(pair_event("begin", "h1", "gateway", "rollback", "verified", "rolled_back"))
+        journal.append(pair_event("transition", "h1", "gateway", "rollback", "verified", "rolled_back"))
+        journal.append(pair_event("begin", "h2", "gateway", "rollback", "pending", "rolled_back"))
+    pairs = replay(read_journal(path))
+    assert pairs[("h1", "gateway")].state == "rolled_back"
+    assert (pairs[("h2", "gateway")].state, pairs[("h2", "gateway")].in_flight) == ("pending", "rollback")
+
+
+def test_replay_keeps_pairs_missing_from_the_plan(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, header(), now=NOW) as journal:
+        journal.append(pair_event("transition", "h9", "om-server", "backup", "pending", "backed_up"))
+    pairs = replay(read_journal(journal.path))
+    stray = pairs[("h9", "om-server")]
+    assert stray.state == "backed_up" and not stray.in_plan
+
+
+def test_replay_refuses_a_malformed_plan(tmp_path: Path) -> None:
+    with Journal.create(tmp_path, header(plan=[{"host": "h1"}]), now=NOW) as journal:
+        path = journal.path
+    with pytest.raises(JournalError, match="plan entry 0"):
+        replay(read_journal(path))

@@ -1,0 +1,514 @@
+"""The sandbox SequoiaCM: release layout, install, real node processes, faults, digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scmflow.catalog import load_catalog, parse_version
+from scmflow.release import load_release
+from scmflow.sandbox import (
+    NodeSpec,
+    SandboxError,
+    Topology,
+    build_release,
+    clear_faults,
+    free_ports,
+    health,
+    install,
+    kill_nodes,
+    local_run,
+    local_run_as,
+    make_jdk,
+    set_fault,
+    start_topology,
+    stop_all,
+    tree_digest,
+)
+
+OLD, NEW = "3.1.2", "3.2.2"
+CLOUD = "sequoiacm-cloud"
+CLOUD_JARS = ("servicecenter", "servicetrace", "authserver", "gateway", "adminserver")
+
+
+@dataclass(frozen=True)
+class World:
+    """Releases and a JDK shared by the module, in a dir the install user can traverse."""
+
+    root: Path
+    old: Path
+    new: Path
+    jdk: Path
+
+
+@dataclass(frozen=True)
+class Host:
+    """One installed sandbox host: its path and its node ports."""
+
+    path: Path
+    topology: Topology
+    sc: int
+    gw: int
+    cs: int
+    jdk: Path
+
+    def ctl(self, rel: str, *args: str, java: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ctl script of the install (stdout/stderr captured: start must not hang)."""
+        env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+        if java:
+            env["JAVA_HOME"] = str(self.jdk)
+        return subprocess.run(
+            [str(self.path / rel), *args], env=env, capture_output=True, text=True, timeout=30
+        )
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    root = Path(tempfile.mkdtemp(prefix="scmflow-sandbox-test-"))
+    root.chmod(0o755)  # the non-root test's install user must reach the install
+    try:
+        yield World(
+            root=root,
+            old=build_release(root / "rel-old", OLD),
+            new=build_release(root / "rel-new", NEW),
+            jdk=make_jdk(root / "jdk"),
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _topology(sc: int, gw: int, cs: int) -> Topology:
+    return Topology(
+        services=(
+            "service-center", "gateway", "config-server", "content-server",
+            "daemon", "scmsystools", "non-service",
+        ),
+        nodes=(
+            NodeSpec("service-center", sc, running=True),
+            NodeSpec("gateway", gw, running=False),
+            NodeSpec("content-server", cs, running=True),
+            NodeSpec("daemon", None, running=True),
+        ),
+    )
+
+
+@pytest.fixture
+def host(world: World, request: pytest.FixtureRequest) -> Iterator[Host]:
+    base = world.root / f"host-{request.node.name}"
+    sc, gw, cs = free_ports(3)
+    topology = _topology(sc, gw, cs)
+    path = base / "sequoiacm"
+    install(world.old, path, topology, customer_jars=True)
+    try:
+        yield Host(path, topology, sc, gw, cs, world.jdk)
+    finally:
+        for where in (path, base / "moved"):
+            if where.exists():
+                kill_nodes(where)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _members(tarball: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(tarball) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---------------------------------------------------------------- release
+
+
+def test_release_has_the_real_layout(world: World, tmp_path: Path) -> None:
+    packages = sorted(p.name for p in (world.old / "package").iterdir())
+    assert packages == sorted(
+        f"{name}-{OLD}-release.tar.gz"
+        for name in (
+            "sequoiacm-cloud", "sequoiacm-config", "sequoiacm-content", "sequoiacm-schedule",
+            "sequoiacm-om", "sequoiacm-mq", "sequoiacm-fulltext", "sequoiacm-s3", "daemon",
+            "sequoiacm-sys-tools",
+        )
+    )
+    old_cloud = _members(world.old / "package" / f"{CLOUD}-{OLD}-release.tar.gz")
+    new_cloud = _members(world.new / "package" / f"{CLOUD}-{NEW}-release.tar.gz")
+    old_jars = {n for n in old_cloud if n.startswith(f"{CLOUD}/jars/") and n.endswith(".jar")}
+    assert old_jars == {
+        f"{CLOUD}/jars/sequoiacm-cloud-{j}-{OLD}.jar" for j in CLOUD_JARS if j != "servicetrace"
+    } | {f"{CLOUD}/jars/sequoiacm-cloud-tools-{OLD}.jar"}
+    assert f"{CLOUD}/jars/sequoiacm-cloud-servicetrace-{NEW}.jar" in new_cloud
+    assert old_cloud[f"{CLOUD}/bin/scmcloudctl.sh"].mode == 0o755
+    assert any(re.fullmatch(rf"{CLOUD}/[^/]+\.py", n) for n in old_cloud)
+    for tarball in (world.old / "package").iterdir():
+        members = _members(tarball)
+        top = tarball.name.removesuffix(f"-{OLD}-release.tar.gz")
+        assert all(n == top or n.startswith(f"{top}/") for n in members), tarball.name
+        assert not any(n.split("/")[1:2] == ["conf"] for n in members), tarball.name
+    content = _members(world.old / "package" / f"sequoiacm-content-{OLD}-release.tar.gz")
+    assert f"sequoiacm-content/lib/sequoiacm-content-server-{OLD}.jar" in content
+    assert (world.old / "driver" / f"sequoiacm-driver-{OLD}-release.tar.gz").is_file()
+    for folder in ("doc", "tools", "sequoiacm-deploy/conf"):
+        assert any((world.old / folder).iterdir()), folder
+    # The project's own release reader accepts it.
+    catalog = load_catalog()
+    release = load_release(world.new, catalog, catalog.names(), work_dir=tmp_path)
+    assert release.version == NEW
+    assert release.packages["gateway"].path.name == f"{CLOUD}-{NEW}-release.tar.gz"
+
+
+def test_release_is_deterministic_per_version(world: World, tmp_path: Path) -> None:
+    again = build_release(tmp_path / "again", OLD)
+    assert _files(again) == _files(world.old)
+    old_gw = world.old / "package" / f"{CLOUD}-{OLD}-release.tar.gz"
+    new_gw = world.new / "package" / f"{CLOUD}-{NEW}-release.tar.gz"
+    assert old_gw.read_bytes() != new_gw.read_bytes()
+    with pytest.raises(SandboxError, match="already exists"):
+        build_release(tmp_path / "again", OLD)
+
+
+def test_pad_bytes_make_big_incompressible_tarballs(tmp_path: Path) -> None:
+    root = build_release(tmp_path, NEW, services=["gateway", "config-server"], pad_bytes=4 << 20)
+    tarballs = sorted((root / "package").iterdir())
+    assert [t.name for t in tarballs] == [
+        f"sequoiacm-cloud-{NEW}-release.tar.gz", f"sequoiacm-config-{NEW}-release.tar.gz"
+    ]
+    assert sum(t.stat().st_size for t in tarballs) >= 4 << 20
+    assert not (root / "doc").exists()
+
+
+# ---------------------------------------------------------------- install
+
+
+def test_install_lays_out_selected_services(host: Host) -> None:
+    jars = sorted(p.name for p in (host.path / CLOUD / "jars").iterdir())
+    assert jars == [
+        f"sequoiacm-cloud-gateway-{OLD}.jar",
+        f"sequoiacm-cloud-servicecenter-{OLD}.jar",
+        f"sequoiacm-cloud-tools-{OLD}.jar",
+    ]
+    catalog = load_catalog()
+    for name in ("service-center", "gateway", "content-server", "daemon", "scmsystools",
+                 "non-service", "config-server"):
+        service = catalog.get(name)
+        found = list((host.path / service.dir).glob(service.version_file))
+        assert [parse_version(f.name) for f in found] == [OLD], name
+    for name in ("auth-server", "admin-server", "service-trace", "schedule-server"):
+        service = catalog.get(name)
+        assert not list((host.path / service.dir).glob(service.version_file)), name
+    conf = host.path / CLOUD / "conf" / "gateway" / str(host.gw) / "application.properties"
+    assert f"server.port={host.gw}" in conf.read_text()
+    lib = host.path / "sequoiacm-content" / "lib"
+    assert [p.name for p in (lib / "hbase_transwarp").iterdir()]
+    assert [p.name for p in (lib / "hdfs_transwarp").iterdir()]
+    assert not (host.path / "sequoiacm-schedule").exists()
+
+
+def test_install_rejects_inconsistent_topologies(world: World, tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="does not ship service-trace"):
+        install(world.old, tmp_path / "a", Topology(("service-trace",)))
+    with pytest.raises(SandboxError, match="used by two nodes"):
+        install(world.old, tmp_path / "b", Topology(
+            ("gateway", "auth-server"),
+            (NodeSpec("gateway", 9000), NodeSpec("auth-server", 9000)),
+        ))
+    with pytest.raises(SandboxError, match="without a port"):
+        install(world.old, tmp_path / "c", Topology(("daemon",), (NodeSpec("daemon", 1),)))
+    with pytest.raises(SandboxError, match="not installed"):
+        install(world.old, tmp_path / "d", Topology(("gateway",), (NodeSpec("om-server", 2),)))
+
+
+def test_make_jdk_answers_version_like_java(world: World) -> None:
+    out = subprocess.run(
+        [str(world.jdk / "bin" / "java"), "-version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert out.stderr.splitlines()[0] == 'java version "1.8.0_221"'
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def test_nodes_start_list_answer_health_and_stop(host: Host) -> None:
+    started = time.monotonic()
+    start_topology(host.path, host.topology, java_home=host.jdk, run=local_run)
+    assert time.monotonic() - started < 5
+    listing = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list", "-m", "local")
+    assert listing.returncode == 0
+    lines = listing.stdout.splitlines()
+    match = re.fullmatch(rf"SERVICE_CENTER\({host.sc}\) \((\d+)\)", lines[0])
+    assert match is not None, lines
+    assert lines[1:] == [f"GATEWAY({host.gw}) (-)", "Total:2"]
+    sc_pid = int(match.group(1))
+    assert health("127.0.0.1", host.sc, 2) == {
+        "service": "service-center", "port": host.sc, "version": OLD, "pid": sc_pid,
+    }
+    assert health("127.0.0.1", host.cs, 2)["service"] == "content-server"
+    assert not _port_open(host.gw)
+
+    # Starting a running node changes nothing; a stopped one starts, detached.
+    again = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "10", "-p", str(host.sc))
+    assert again.returncode == 0
+    assert health("127.0.0.1", host.sc, 2)["pid"] == sc_pid
+    gw = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "10", "-p", str(host.gw))
+    assert gw.returncode == 0, gw.stderr
+    assert health("127.0.0.1", host.gw, 2)["service"] == "gateway"
+
+    stop = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "stop", "-t", "gateway")
+    assert stop.returncode == 0, stop.stderr
+    assert not _port_open(host.gw)
+    assert _alive(sc_pid)
+    assert host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "stop", "-t", "gateway").returncode == 0
+    assert host.ctl("sequoiacm-content/bin/scmctl.sh", "stop", "--all").returncode == 0
+    assert not _port_open(host.cs)
+    assert host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "stop", "-t", "service-center").returncode == 0
+    assert not _alive(sc_pid)
+    final = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list", "-m", "local").stdout.splitlines()
+    assert final == [f"SERVICE_CENTER({host.sc}) (-)", f"GATEWAY({host.gw}) (-)", "Total:2"]
+
+
+def test_single_node_start_is_fast(host: Host) -> None:
+    started = time.monotonic()
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "10", "-p", str(host.gw))
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - started < 1.5
+
+
+def test_list_without_nodes_exits_non_zero(host: Host) -> None:
+    out = host.ctl("sequoiacm-config/bin/confctl.sh", "list", "-m", "local")
+    assert (out.returncode, out.stdout) == (1, "Total:0\n")
+    assert host.ctl("sequoiacm-config/bin/confctl.sh", "stop", "-t", "all").returncode == 0
+
+
+def test_ctl_scripts_need_java_home(host: Host, tmp_path: Path) -> None:
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list", java=False)
+    assert out.returncode == 1
+    assert "JAVA_HOME" in out.stderr
+    env = {**os.environ, "JAVA_HOME": str(tmp_path)}
+    bad = subprocess.run(
+        [str(host.path / CLOUD / "bin" / "scmcloudctl.sh"), "list"],
+        env=env, capture_output=True, text=True,
+    )
+    assert bad.returncode == 1
+    assert "not executable" in bad.stderr
+
+
+def test_started_version_is_read_from_the_jar(host: Host, world: World) -> None:
+    jars = host.path / CLOUD / "jars"
+    with tarfile.open(world.new / "package" / f"{CLOUD}-{NEW}-release.tar.gz") as tar:
+        for name in ("gateway", "tools"):
+            member = tar.getmember(f"{CLOUD}/jars/sequoiacm-cloud-{name}-{NEW}.jar")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            (jars / f"sequoiacm-cloud-{name}-{NEW}.jar").write_bytes(extracted.read())
+        (jars / f"sequoiacm-cloud-gateway-{OLD}.jar").unlink()
+    # An old tools jar left beside the new one breaks the ctl script, as in the real tools.
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "-p", str(host.gw))
+    assert out.returncode == 1
+    assert "exactly one" in out.stderr
+    (jars / f"sequoiacm-cloud-tools-{OLD}.jar").unlink()
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "-p", str(host.gw))
+    assert out.returncode == 0, out.stderr
+    assert health("127.0.0.1", host.gw, 2)["version"] == NEW
+
+
+# ---------------------------------------------------------------- daemon
+
+
+def test_daemon_start_status_stop(host: Host) -> None:
+    crontab = host.path / "daemon" / "conf" / ".crontab.properties"
+    assert host.ctl("daemon/bin/scmd.sh", "status").returncode == 1
+    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 0
+    line = crontab.read_text().strip()
+    match = re.fullmatch(r"linuxCron=\* \* \* \* \* nohup (.+) > /dev/null 2>&1 &", line)
+    assert match is not None, line
+    command = match.group(1).split()
+    jar = host.path.resolve() / "daemon" / "jars" / f"sequoiacm-daemon-tools-{OLD}.jar"
+    assert command[1:] == [
+        str(host.path.resolve() / "daemon" / "bin" / "scmdaemon.py"), "--jar", str(jar)
+    ]
+    pids = [
+        int(p.name) for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _cmdline(p) == command and _alive(int(p.name))
+    ]
+    assert len(pids) == 1
+    status = host.ctl("daemon/bin/scmd.sh", "status")
+    assert (status.returncode, status.stdout) == (0, f"DAEMON ({pids[0]})\n")
+    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 0
+    assert host.ctl("daemon/bin/scmd.sh", "status").stdout == f"DAEMON ({pids[0]})\n"
+    assert host.ctl("daemon/bin/scmd.sh", "stop").returncode == 0
+    assert not crontab.exists()
+    assert not _alive(pids[0])
+    assert host.ctl("daemon/bin/scmd.sh", "status").returncode == 1
+    assert host.ctl("daemon/bin/scmd.sh", "stop").returncode == 0
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode().rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- faults
+
+
+def test_faults_apply_only_to_their_service_and_version(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    set_fault(host.path, "gateway", "start-fail", version=NEW)
+    set_fault(host.path, "service-center", "start-fail")
+    assert host.ctl(cloud, "start", "-p", str(host.gw)).returncode == 0
+    failed = host.ctl(cloud, "start", "-p", str(host.sc))
+    assert failed.returncode == 1
+    assert "injected start failure" in failed.stderr
+    assert not _port_open(host.sc)
+
+    set_fault(host.path, "gateway", "stop-fail", version=OLD)
+    assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 1
+    assert _port_open(host.gw)
+    set_fault(host.path, "daemon", "start-fail", version=OLD)
+    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 1
+    clear_faults(host.path)
+    assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 0
+    assert not _port_open(host.gw)
+    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 0
+
+
+def test_slow_start_fault_delays_the_node(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    set_fault(host.path, "gateway", "start-slow", version=OLD, seconds=0.8)
+    late = host.ctl(cloud, "start", "--timeout", "0.3", "-p", str(host.gw))
+    assert late.returncode == 1
+    assert "not up within" in late.stderr
+    assert not _port_open(host.gw)
+    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list").stdout
+    started = time.monotonic()
+    assert host.ctl(cloud, "start", "--timeout", "5", "-p", str(host.gw)).returncode == 0
+    assert time.monotonic() - started >= 0.8
+    set_fault(host.path, "gateway", "start-slow", version=NEW, seconds=5)
+    assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 0
+    assert host.ctl(cloud, "start", "--timeout", "5", "-p", str(host.gw)).returncode == 0
+
+
+# ---------------------------------------------------------------- digests and cleanup
+
+
+def test_tree_digest_ignores_runtime_files_only(host: Host) -> None:
+    before = tree_digest(host.path)
+    start_topology(host.path, host.topology, java_home=host.jdk, run=local_run)
+    set_fault(host.path, "gateway", "start-fail")
+    assert list((host.path / CLOUD / "log").rglob("node.pid"))
+    stop_all(host.path, host.jdk, local_run)
+    assert tree_digest(host.path) == before
+    conf = host.path / CLOUD / "conf" / "gateway" / str(host.gw) / "application.properties"
+    conf.chmod(0o600)
+    assert tree_digest(host.path) != before
+    conf.chmod(0o644)
+    assert tree_digest(host.path) == before
+    conf.write_text(conf.read_text() + "x=1\n")
+    assert tree_digest(host.path) != before
+
+
+def test_stop_all_and_kill_nodes_leave_nothing_running(host: Host) -> None:
+    start_topology(host.path, host.topology, java_home=host.jdk, run=local_run)
+    stop_all(host.path, host.jdk, local_run)
+    assert not _port_open(host.sc) and not _port_open(host.cs)
+    assert host.ctl("daemon/bin/scmd.sh", "status").returncode == 1
+    start_topology(host.path, host.topology, java_home=host.jdk, run=local_run)
+    killed = kill_nodes(host.path)
+    assert len(killed) == 3
+    assert not any(_alive(pid) for pid in killed)
+    assert not _port_open(host.sc)
+
+
+def test_scripts_follow_the_install_when_it_moves(host: Host) -> None:
+    moved = host.path.parent / "moved"
+    host.path.rename(moved)
+    topology = host.topology
+    start_topology(moved, topology, java_home=host.jdk, run=local_run)
+    assert health("127.0.0.1", host.sc, 2)["version"] == OLD
+    crontab = (moved / "daemon" / "conf" / ".crontab.properties").read_text()
+    assert str(moved) in crontab
+    stop_all(moved, host.jdk, local_run)
+    assert not _port_open(host.sc)
+
+
+def _can_unshare_mounts() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs root and mount namespaces")
+def test_scripts_work_bind_mounted_elsewhere(host: Host) -> None:
+    mnt = host.path.parent / "mnt"
+    mnt.mkdir()
+    script = (
+        'mount --bind "$1" "$2" && '
+        f'exec "$2/{CLOUD}/bin/scmcloudctl.sh" start --timeout 10 -p "$3"'
+    )
+    subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         str(host.path), str(mnt), str(host.sc)],
+        env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=True, capture_output=True,
+        timeout=30,
+    )
+    assert not any(mnt.iterdir())  # the mount lives only in the node's namespace
+    line = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list").stdout.splitlines()[0]
+    match = re.fullmatch(rf"SERVICE_CENTER\({host.sc}\) \((\d+)\)", line)
+    assert match is not None, line
+    pid = int(match.group(1))
+    assert str(mnt) in " ".join(_cmdline(Path(f"/proc/{pid}")))
+    assert kill_nodes(host.path) == [pid]
+    assert not _port_open(host.sc)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to install for another user")
+def test_scripts_run_as_a_non_root_install_user(world: World, tmp_path: Path) -> None:
+    base = world.root / "nobody-host"
+    sc, gw, cs = free_ports(3)
+    topology = _topology(sc, gw, cs)
+    path = base / "sequoiacm"
+    nobody = (65534, 65534)
+    try:
+        install(world.old, path, topology, owner=nobody)
+        base.chmod(0o755)
+        run = local_run_as(*nobody)
+        start_topology(path, topology, java_home=world.jdk, run=run)
+        assert health("127.0.0.1", sc, 2)["version"] == OLD
+        log = path / CLOUD / "log" / "service-center" / str(sc) / "node.log"
+        assert log.stat().st_uid == 65534
+        stop_all(path, world.jdk, run)
+        assert not _port_open(sc)
+    finally:
+        kill_nodes(path)
+        shutil.rmtree(base, ignore_errors=True)
