@@ -114,6 +114,7 @@ class ClusterOptions:
     status_dir: Path
     start_timeout: int
     accept_new_host_keys: bool
+    break_lock: bool
 
 
 @main.command(
@@ -188,6 +189,11 @@ Examples:
     is_flag=True,
     help="Record unknown SSH host keys in known_hosts (a changed key is still refused).",
 )
+@click.option(
+    "--break-lock",
+    is_flag=True,
+    help="Take over the per-host run locks left by a run that died (check it is dead first).",
+)
 def cluster(**raw: Any) -> None:
     """Upgrade or roll back a SequoiaCM cluster (the vendor's `scm.py cluster`)."""
     printer = Printer(to_stderr=raw["output"] == "json")
@@ -228,6 +234,7 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         status_dir=status_dir,
         start_timeout=raw["start_timeout"],
         accept_new_host_keys=raw["accept_new_host_keys"],
+        break_lock=raw["break_lock"],
     )
 
 
@@ -383,3 +390,31 @@ def _existing(path: Path) -> Path:
     if not path.is_file():
         raise UsageError(f"status file {path} does not exist")
     return path
+
+
+@main.command(
+    "demo",
+    epilog="""\b
+Examples:
+  scm.py demo                              upgrade 3.1.2 -> 3.2.2, show the status, roll back
+  scm.py demo --fail content-server        watch a failed pair being rolled back on the spot
+  scm.py demo --keep                       leave the sandbox in place to look around
+""",
+)
+@click.option("--keep", is_flag=True, help="Keep the sandbox (files and running nodes) afterwards.")
+@click.option("--fail", "fail_service", metavar="SERVICE", help="Make SERVICE's new nodes fail to start.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to build the sandbox [default: a new temporary directory].",
+)
+def demo(keep: bool, fail_service: str | None, workdir: Path | None) -> None:
+    """Run the real upgrade and rollback on a local sandbox SequoiaCM (no SSH, root or cluster)."""
+    from scmflow.demo import DemoOptions, run_demo
+
+    printer = Printer()
+    try:
+        code = run_demo(DemoOptions(keep=keep, fail_service=fail_service, workdir=workdir), printer)
+    except ScmflowError as exc:
+        fail(printer, exc)
+    sys.exit(code)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import HostConfig, UpgradeConfig, load_config, select_hosts, select_services
 from scmflow.errors import ConfigError, UsageError
+from scmflow.locks import RunIdentity, control_lock, host_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
 from scmflow.remote import Session, SSHOptions, SSHTarget, connect_all
@@ -111,6 +113,31 @@ def ssh_connector(endpoints: Mapping[str, tuple[int, str, str | None]], options:
     return connect
 
 
+@contextmanager
+def run_locks(
+    options: ClusterOptions,
+    sessions: Mapping[str, Session],
+    *,
+    upgrade_pack_path: str,
+    admin_user: str | None,
+    login_users: Mapping[str, str],
+) -> Iterator[None]:
+    """One run per status directory here, and one per host: held while the run changes hosts."""
+    me = RunIdentity()
+    with (
+        control_lock(options.status_dir, me),
+        host_locks(
+            sessions,
+            upgrade_pack_path=upgrade_pack_path,
+            admin_user=admin_user,
+            login_users=login_users,
+            me=me,
+            force=options.break_lock,
+        ),
+    ):
+        yield
+
+
 # -- upgrade ---------------------------------------------------------------------------------
 
 
@@ -176,7 +203,14 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                 parallel_ssh=options.parallel_ssh,
                 start_timeout=options.start_timeout,
             )
-            with interrupt_handler(printer) as stop:
+            locks = run_locks(
+                options,
+                {h: checked.sessions[h] for h in checked.plan.hosts()},
+                upgrade_pack_path=target.upgrade_pack_path,
+                admin_user=target.admin_user,
+                login_users={h.name: h.user for h in target.hosts},
+            )
+            with locks, interrupt_handler(printer) as stop:
                 try:
                     outcome = execute_upgrade(
                         checked,
@@ -305,7 +339,14 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
         release = reload_release(state.header, _explicit_release_dir(options), catalog, Path(work))
         sessions = _status_sessions(state, options, catalog, [h.name for h in state.hosts])
         try:
-            with interrupt_handler(printer) as stop:
+            locks = run_locks(
+                options,
+                sessions,
+                upgrade_pack_path=_pack_base(state),
+                admin_user=state.layout.admin_user,
+                login_users={h.name: h.user for h in state.hosts},
+            )
+            with locks, interrupt_handler(printer) as stop:
                 try:
                     outcome = resume_upgrade(
                         state,
@@ -372,7 +413,14 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
             return EXIT_OK
         open_run_log(options.status_dir, printer)
         packages = _recorded_packages(state.header)
-        with interrupt_handler(printer) as stop:
+        locks = run_locks(
+            options,
+            sessions,
+            upgrade_pack_path=_pack_base(state),
+            admin_user=state.layout.admin_user,
+            login_users={h.name: h.user for h in state.hosts},
+        )
+        with locks, interrupt_handler(printer) as stop:
             try:
                 outcome = execute_rollback(
                     state,
@@ -395,6 +443,11 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
         close_sessions(sessions)
     printer.info(f"Rollback service success, upgrade status file location:{outcome.status_path}")
     return EXIT_OK
+
+
+def _pack_base(state: ResumeState) -> str:
+    """The upgrade pack base dir the run used (parent of its upgrade-<stamp> dir)."""
+    return state.layout.upgrade_dir.rstrip("/").rsplit("/", 1)[0] or "/"
 
 
 def _recorded_packages(header: Mapping[str, Any]) -> dict[str, str]:

@@ -159,8 +159,8 @@ def remove_stale_hosts() -> None:
         if int(slot_text) not in live_slots:
             subprocess.run(["ip", "link", "del", f"scmv{slot_text}"], capture_output=True)
     for leftover in Path(tempfile.gettempdir()).glob("scmflow-hosts-*"):
-        owner = re.match(r"scmflow-hosts-(\d+)-", leftover.name)
-        if owner and int(owner.group(1)) != os.getpid() and not _pid_alive(int(owner.group(1))):
+        named = re.match(r"scmflow-hosts-(\d+)-", leftover.name)
+        if named and int(named.group(1)) != os.getpid() and not _pid_alive(int(named.group(1))):
             shutil.rmtree(leftover, ignore_errors=True)
     routes = subprocess.run(["ip", "route", "show", "type", "unreachable"], capture_output=True, text=True)
     for slot_text in re.findall(r"10\.251\.(\d+)\.0/30", routes.stdout):
