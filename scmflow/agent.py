@@ -117,7 +117,17 @@ class Ctx:
         """`<install_path>/<dir>`; the install path itself for an empty dir."""
         svc = self.service()
         base = self.need("install_path")
-        return os.path.join(base, svc["dir"]) if svc["dir"] else base
+        if not os.path.isabs(base) or os.path.normpath(base) != base or base == "/":
+            raise Failure(f"install path '{base}' must be absolute, normalised and not /", "spec")
+        rel = str(svc["dir"])
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise Failure(f"service dir '{rel}' must stay inside the install path", "spec")
+        path = os.path.join(base, rel) if rel else base
+        # A link could carry the service dir elsewhere; nothing outside the install is touched.
+        real_base, real = os.path.realpath(base), os.path.realpath(path)
+        if real != real_base and not real.startswith(real_base + os.sep):
+            raise Failure(f"{path} resolves to {real}, outside the install path {base}", "spec")
+        return path
 
 
 class Done:

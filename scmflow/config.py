@@ -651,6 +651,13 @@ def _config_services(
         raise ConfigError(str(exc), path=path, line=value.line, field=value.key) from exc
 
 
+# Directories the run creates dated subdirectories in: never the system's own.
+SYSTEM_DIRS = frozenset(
+    "/bin /boot /dev /etc /home /lib /lib32 /lib64 /opt /proc /root /run /sbin /srv /sys "
+    "/tmp /usr /usr/bin /usr/lib /usr/local /usr/sbin /var /var/lib /var/log".split()
+)
+
+
 def _config_dir(value: _Value | None, default: str, path: str) -> str:
     if value is None:
         return default
@@ -658,7 +665,16 @@ def _config_dir(value: _Value | None, default: str, path: str) -> str:
         parts = _path_parts(value.text)
     except ValueError as exc:
         raise ConfigError(str(exc), path=path, line=value.line, field=value.key) from exc
-    return "/" + "/".join(parts) if parts else default
+    directory = "/" + "/".join(parts) if parts else default
+    if directory in SYSTEM_DIRS:
+        raise ConfigError(
+            f"'{directory}' is a system directory; give a directory of its own, "
+            f"e.g. {default}",
+            path=path,
+            line=value.line,
+            field=value.key,
+        )
+    return directory
 
 
 def _check_outside_install(

@@ -626,3 +626,28 @@ def test_prepare_makes_owned_dirs_and_exists_lists_them(host: Host, tmp_path: Pa
     reused = host.fails("prepare", {"dirs": [{"path": str(leaf), "mode": 0o755, "fresh": True}]})
     assert reused["step"] == "prepare" and "already exists" in reused["error"]
     assert leaf.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_service_dir_linked_outside_the_install_is_never_touched(host: Host, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me\n")
+    om = host.install / "sequoiacm-om"
+    if om.exists():
+        shutil.rmtree(om)
+    om.symlink_to(outside)
+    reply = host.fails("backup", host.spec("om-server"))
+    assert reply["step"] == "spec"
+    assert "outside the install path" in reply["error"]
+    # No backup was made, so restore has nothing to put back and must not touch the link.
+    reply = host.ok("restore", host.spec("om-server", ports=[], daemon=False, old_version=OLD))
+    assert reply["restored"] is False
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+
+
+def test_a_relative_or_root_install_path_is_refused(host: Host) -> None:
+    for bad in ("/", "opt/sequoiacm", "/opt/../opt/sequoiacm"):
+        spec = host.spec("gateway")
+        spec["install_path"] = bad
+        reply = host.fails("backup", spec)
+        assert reply["step"] == "spec", bad

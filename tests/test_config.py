@@ -641,3 +641,17 @@ def test_unterminated_quote_in_config_value(catalog: Catalog) -> None:
 def test_text_after_quoted_config_value(catalog: Catalog) -> None:
     err = parse_error(INSTALL + HOSTS + "[config]\nbackupPath='/bk', '/x'\n", catalog)
     assert_names(err, 8, "backupPath")
+
+
+@pytest.mark.parametrize("key", ["upgradePackPath", "backupPath"])
+@pytest.mark.parametrize("value", ["/usr", "/etc/", "/var//", "/tmp"])
+def test_system_directory_refused(key: str, value: str) -> None:
+    text = (
+        "[installconfig]\nInstallPath, InstallUser\n/opt, scmadmin\n"
+        "[host]\nHostName, SshPort, User, Password, JavaHome\nh1, 22, root, ,\n"
+        f"[config]\n{key}={value}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "u.cfg", load_catalog())
+    assert "system directory" in str(info.value)
+    assert f"u.cfg:8, field {key}" in str(info.value)
