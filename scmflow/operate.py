@@ -196,6 +196,9 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
             work_dir=Path(work),
         )
         try:
+            olds = [p.old_version for p in checked.plan.pairs if p.old_version]
+            for notice in compatibility.notices_for(olds, checked.plan.release_version):
+                printer.warn(f"Upgrade note: {notice}")
             if not _show_plan(checked, options, printer, catalog):
                 return EXIT_OK
             settings = RunSettings(
