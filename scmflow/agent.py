@@ -32,7 +32,7 @@ import tempfile
 import time
 import traceback
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 # ---------------------------------------------------------------- control side
 
@@ -608,8 +608,10 @@ def checked_members(ctx: Ctx, tar: tarfile.TarFile) -> Tuple[List[tarfile.TarInf
     """Members that unpack inside the staging dir, owned by us; Failure on any other; + size."""
     members = tar.getmembers()
     size = 0
+    links = {_norm_member(m.name) for m in members if m.issym()}
     for member in members:
         _check_member(ctx, member)
+        _check_not_through_link(ctx, member, links)
         member.uid, member.gid = os.getuid(), os.getgid()
         member.uname = member.gname = ""
         size += (member.size + 4095) // 4096 * 4096 if member.isfile() else 4096
@@ -633,6 +635,40 @@ def _check_member(ctx: Ctx, member: tarfile.TarInfo) -> None:
         if member.linkname.startswith("/") or ".." in target or not inside:
             message = f"{package}: link '{member.name}' -> '{member.linkname}' leaves the package"
             raise Failure(message, "extract")
+
+
+def _norm_member(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _check_not_through_link(ctx: Ctx, member: tarfile.TarInfo, links: Set[str]) -> None:
+    """Refuse members and link targets that pass through a symlink of the package.
+
+    Paths are only checked as written; a chain like `a -> .` then `e -> a/a/../../x` would
+    otherwise reach outside the staging dir once the links exist on disk.
+    """
+    package = ctx.need("package")
+    parts = _norm_member(member.name).split("/")
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in links:
+            message = f"{package}: member '{member.name}' lies under the symlink '{'/'.join(parts[:i])}'"
+            raise Failure(message, "extract")
+    if member.issym() or member.islnk():
+        base = os.path.dirname(_norm_member(member.name)) if member.issym() else ""
+        target = [p for p in os.path.join(base, member.linkname).split("/") if p not in ("", ".")]
+        walked: List[str] = []
+        for part in target:
+            if part == "..":
+                if walked:
+                    walked.pop()
+                continue
+            walked.append(part)
+            if "/".join(walked) in links and len(walked) < len(target):
+                message = (
+                    f"{package}: link '{member.name}' -> '{member.linkname}' goes through "
+                    f"the symlink '{'/'.join(walked)}'"
+                )
+                raise Failure(message, "extract")
 
 
 def stage_package(ctx: Ctx) -> str:

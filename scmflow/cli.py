@@ -93,6 +93,10 @@ def main() -> None:
       scm.py cluster --rollback --upgrade-status-path sequoiacm-deploy/upgrade-status/upgrade_status_...
       scm.py status show sequoiacm-deploy/upgrade-status/upgrade_status_...
     """
+    # Library loggers (paramiko logs socket errors at ERROR) go to the run's log file only,
+    # never to the operator's terminal through logging's last-resort handler.
+    for name in ("scmflow", "paramiko", "transitions"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -281,7 +285,8 @@ def open_run_log(status_dir: Path, printer: Printer) -> Path:
     log_dir = status_dir.parent / "log"
     path = stamp_path(log_dir, "scmflow_")
     try:
-        open_log(path, LOG)
+        handler = open_log(path, LOG)
+        logging.getLogger("paramiko").addHandler(handler)
     except OSError as exc:
         raise ScmflowError(f"cannot write the log file {path}: {exc}") from exc
     printer.info(f"Log file location:{path}")
@@ -306,7 +311,14 @@ def status() -> None:
 _STATUS_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
-@status.command("show")
+@status.command(
+    "show",
+    epilog="""\b
+Examples:
+  scm.py status show sequoiacm-deploy/upgrade-status/upgrade_status_2026-11-26-10:00:00
+  scm.py status show FILE --timeline --width 140
+""",
+)
 @click.argument("path", type=_STATUS_FILE)
 @click.option("--timeline", is_flag=True, help="Also list every event in order, errors in full.")
 @click.option("--width", type=click.IntRange(60, 400), default=100, show_default=True)
@@ -322,7 +334,13 @@ def status_show(path: Path, timeline: bool, width: int) -> None:
         fail(printer, exc)
 
 
-@status.command("verify")
+@status.command(
+    "verify",
+    epilog="""\b
+Examples:
+  scm.py status verify sequoiacm-deploy/upgrade-status/upgrade_status_2026-11-26-10:00:00
+""",
+)
 @click.argument("path", type=_STATUS_FILE)
 def status_verify(path: Path) -> None:
     """Check the format and the whole hash chain; exit 1 naming the first bad record."""
@@ -339,7 +357,13 @@ def status_verify(path: Path) -> None:
     click.echo(result.message)
 
 
-@status.command("export")
+@status.command(
+    "export",
+    epilog="""\b
+Examples:
+  scm.py status export FILE --format json > run.json
+""",
+)
 @click.argument("path", type=_STATUS_FILE)
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
 def status_export(path: Path, fmt: str) -> None:
@@ -354,7 +378,14 @@ def status_export(path: Path, fmt: str) -> None:
         fail(printer, exc)
 
 
-@status.command("list")
+@status.command(
+    "list",
+    epilog="""\b
+Examples:
+  scm.py status list
+  scm.py status list --status-dir /opt/scm_upgrade_package/sequoiacm/sequoiacm-deploy/upgrade-status
+""",
+)
 @click.option(
     "--status-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -374,7 +405,13 @@ def status_list(status_dir: Path) -> None:
         fail(printer, exc)
 
 
-@status.command("diagram")
+@status.command(
+    "diagram",
+    epilog="""\b
+Examples:
+  scm.py status diagram > lifecycle.mmd
+""",
+)
 def status_diagram() -> None:
     """The pair lifecycle (states/pair.toml) as a Mermaid state diagram."""
     from scmflow.statusview import render_diagram

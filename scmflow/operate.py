@@ -22,9 +22,10 @@ from scmflow.errors import ConfigError, UsageError
 from scmflow.locks import RunIdentity, control_lock, host_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
-from scmflow.remote import Session, SSHOptions, SSHTarget, connect_all
+from scmflow.remote import Session, SSHOptions, connect_all
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
+from scmflow.sshconfig import load_client_config, resolve_target
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,
@@ -98,13 +99,22 @@ def _ask_password(user: str) -> str:
     return value
 
 
-def ssh_connector(endpoints: Mapping[str, tuple[int, str, str | None]], options: ClusterOptions) -> Connector:
-    """A Connector opening one SSH connection per host, verified host keys, in parallel."""
+def ssh_connector(
+    endpoints: Mapping[str, tuple[int | None, str, str | None]], options: ClusterOptions
+) -> Connector:
+    """A Connector opening one SSH connection per host, verified host keys, in parallel.
+
+    Each endpoint is (port, user, password) for a host name; ~/.ssh/config fills in the
+    rest as `ssh` would (HostName, ProxyJump, IdentityFile, and Port when it is None).
+    """
     ssh_options = SSHOptions(accept_new_host_keys=options.accept_new_host_keys)
 
     def connect(names: Sequence[str]) -> dict[str, Session]:
+        client_config = load_client_config()
         targets = [
-            SSHTarget(host=n, port=endpoints[n][0], user=endpoints[n][1], password=endpoints[n][2])
+            resolve_target(
+                client_config, n, port=endpoints[n][0], user=endpoints[n][1], password=endpoints[n][2]
+            )
             for n in names
         ]
         sessions = connect_all(targets, ssh_options, parallel=options.parallel_ssh)
@@ -301,19 +311,23 @@ def _status_sessions(
 ) -> dict[str, Session]:
     """Connections to the status file's hosts; passwords from --upgrade-conf or asked."""
     config = load_config(options.upgrade_conf, catalog) if options.upgrade_conf else None
-    endpoints: dict[str, tuple[int, str, str | None]] = {}
+    endpoints: dict[str, tuple[int | None, str, str | None]] = {}
     asked: dict[str, str] = {}
     for entry in state.hosts:
         if entry.name not in hosts:
             continue
         password: str | None = None
+        port: int | None = entry.port
         if config is not None and any(h.name == entry.name for h in config.hosts):
-            password = resolve_passwords([config.host(entry.name)])[entry.name]
+            row = config.host(entry.name)
+            password = resolve_passwords([row])[entry.name]
+            # an empty SshPort cell leaves the port to ~/.ssh/config, as the upgrade did
+            port = entry.port if row.port_given else None
         elif entry.password_auth:
             if entry.user not in asked:
                 asked[entry.user] = _ask_password(entry.user)
             password = asked[entry.user]
-        endpoints[entry.name] = (entry.port, entry.user, password)
+        endpoints[entry.name] = (port, entry.user, password)
     return ssh_connector(endpoints, options)(list(endpoints))
 
 

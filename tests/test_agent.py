@@ -546,6 +546,29 @@ def test_unsafe_packages_are_refused_before_anything_stops(host: Host, tmp_path:
     assert health("127.0.0.1", host.gw)["version"] == OLD
 
 
+def test_symlink_chains_that_climb_out_on_disk_are_refused(host: Host, tmp_path: Path) -> None:
+    before = tree_digest(host.install)
+    host.ok("backup", host.spec("gateway"))
+    chains = (
+        # each name reads as inside the package, but the links make it climb out once unpacked
+        [
+            ("sequoiacm-cloud/b", tarfile.SYMTYPE, "."),
+            ("sequoiacm-cloud/e", tarfile.SYMTYPE, "b/b/b/../../../etc"),
+        ],
+        [("sequoiacm-cloud/d", tarfile.SYMTYPE, "bin"), ("sequoiacm-cloud/d/x", tarfile.REGTYPE, "")],
+    )
+    for chain in chains:
+        bad = tmp_path / "chain.tar.gz"
+        with tarfile.open(bad, "w:gz") as tar:
+            for name, kind, target in chain:
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = kind, target
+                tar.addfile(info, io.BytesIO(b""))
+        reply = host.fails("replace", host.spec("gateway", package=str(bad), new_version=NEW))
+        assert reply["step"] == "extract" and "symlink" in reply["error"], reply
+    assert tree_digest(host.install) == before
+
+
 # ---------------------------------------------------------------- full disks
 
 

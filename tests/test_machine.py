@@ -111,12 +111,16 @@ def test_real_lifecycle_loads_with_its_states_and_finals() -> None:
     lifecycle = load_lifecycle()
     assert lifecycle.initial == "pending"
     assert list(lifecycle.states) == [
-        "pending", "backed_up", "replaced", "restarted", "verified", "failed", "rolled_back",
+        "pending",
+        "backed_up",
+        "replaced",
+        "restarted",
+        "verified",
+        "failed",
+        "rolled_back",
     ]
     assert lifecycle.final == frozenset({"verified", "rolled_back"})
-    assert lifecycle.actions() == frozenset(
-        {"backup", "replace", "restart", "verify", "abandon", "restore"}
-    )
+    assert lifecycle.actions() == frozenset({"backup", "replace", "restart", "verify", "abandon", "restore"})
 
 
 def test_real_lifecycle_has_no_unreachable_state() -> None:
@@ -249,12 +253,22 @@ def test_a_step_journals_begin_then_transition_with_the_action_result() -> None:
     assert recorder.actions == ["backup"]
     assert recorder.events == [
         {
-            "kind": "begin", "host": "h1", "service": "gateway", "trigger": "backup",
-            "src": "pending", "dst": "backed_up", "detail": {"action": "backup"},
+            "kind": "begin",
+            "host": "h1",
+            "service": "gateway",
+            "trigger": "backup",
+            "src": "pending",
+            "dst": "backed_up",
+            "detail": {"action": "backup"},
         },
         {
-            "kind": "transition", "host": "h1", "service": "gateway", "trigger": "backup",
-            "src": "pending", "dst": "backed_up", "detail": {"did": "backup", "host": "h1"},
+            "kind": "transition",
+            "host": "h1",
+            "service": "gateway",
+            "trigger": "backup",
+            "src": "pending",
+            "dst": "backed_up",
+            "detail": {"did": "backup", "host": "h1"},
         },
     ]
 
@@ -371,8 +385,13 @@ def test_mark_failed_records_the_interrupted_step_and_moves_to_failed() -> None:
     assert run.state == FAILED
     assert recorder.events == [
         {
-            "kind": "fail", "host": "h1", "service": "gateway", "trigger": "replace",
-            "src": "backed_up", "dst": "failed", "detail": {"error": "interrupted"},
+            "kind": "fail",
+            "host": "h1",
+            "service": "gateway",
+            "trigger": "replace",
+            "src": "backed_up",
+            "dst": "failed",
+            "detail": {"error": "interrupted"},
         }
     ]
     assert recorder.actions == []

@@ -72,7 +72,9 @@ class Cluster:
         with self._lock:
             self.events.append(dict(event))
 
-    def runs(self, pairs: Sequence[Pair], states: Mapping[str, str] | None = None) -> dict[tuple[str, str], PairRun]:
+    def runs(
+        self, pairs: Sequence[Pair], states: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, str], PairRun]:
         states = states or {}
         return {
             p.key: PairRun(
@@ -288,11 +290,17 @@ def test_rollback_goes_on_past_failures_across_stages() -> None:
     cluster.fail("restore", "h1", "daemon", message="cannot start scmd")
     runs = cluster.runs(stage1 + stage2, states={"h1": "verified", "h2": "verified"})
     result = Scheduler(runs, parallel=1, stop=threading.Event()).rollback([stage1, stage2])
-    assert [(f.pair.host, f.pair.service, f.trigger) for f in result.failures] == [("h1", "daemon", "rollback")]
+    assert [(f.pair.host, f.pair.service, f.trigger) for f in result.failures] == [
+        ("h1", "daemon", "rollback")
+    ]
     assert runs[("h1", "daemon")].state == "failed"
     for key in [("h2", "daemon"), ("h1", "gateway"), ("h2", "gateway")]:
         assert runs[key].state == "rolled_back"
-    assert [(p.host, p.service) for p in result.completed] == [("h2", "daemon"), ("h1", "gateway"), ("h2", "gateway")]
+    assert [(p.host, p.service) for p in result.completed] == [
+        ("h2", "daemon"),
+        ("h1", "gateway"),
+        ("h2", "gateway"),
+    ]
     assert describe_failure(result.failures[0]) == (
         "[h1]:DAEMON: rollback failed: [h1] restore failed: cannot start scmd"
     )
@@ -329,6 +337,4 @@ def test_describe_failure_says_what_the_pair_was_rolled_back_to() -> None:
         "it was rolled back to 3.1.2"
     )
     new = PairFailure(pair("h9", "non-service", old=None), "replace", OSError())
-    assert describe_failure(new) == (
-        "[h9]:NON_SERVICE: replace failed: OSError; it was rolled back to none"
-    )
+    assert describe_failure(new) == ("[h9]:NON_SERVICE: replace failed: OSError; it was rolled back to none")

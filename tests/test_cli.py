@@ -1,0 +1,215 @@
+"""The command line, driven through click's CliRunner: errors, usage, help, version, status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from scmflow import __version__
+from scmflow.cli import main
+from scmflow.journal import Journal
+
+REPO = Path(__file__).resolve().parents[1]
+
+BAD_PORT_CFG = """\
+[installconfig]
+InstallPath,          InstallUser
+/opt/,                scmadmin
+
+[host]
+HostName,      SshPort, User,   Password,  JavaHome
+scmServer-a,   22,      root,   ,
+scmServer-b,   notaport, root,  ,
+
+[config]
+upgradePackPath=/opt/upgrade/sequoiacm
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run each command from an empty directory, so nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def invoke(*args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=stdin)
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("[ERROR]")]
+
+
+def assert_one_error(result: Result, expected: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    assert error_lines(result) == [f"[ERROR] {expected}"]
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_bad_config_gives_one_error_line_naming_file_line_and_field(workdir: Path) -> None:
+    (workdir / "BAD.cfg").write_text(BAD_PORT_CFG)
+    result = invoke("cluster", "--upgrade", "--upgrade-conf", "BAD.cfg")
+    assert_one_error(result, "BAD.cfg:8, field SshPort: 'notaport' is not a port number (1-65535)")
+    assert result.stdout == "[INFO ] Parsing the upgrade configuration...\n"
+    assert sorted(p.name for p in workdir.iterdir()) == ["BAD.cfg"]
+
+
+def test_the_real_entry_point_prints_only_the_error_line_on_stderr(tmp_path: Path) -> None:
+    # pytest attaches its own log handlers, which would hide logging's last-resort handler
+    # (an unprefixed copy of the message) from a CliRunner test
+    (tmp_path / "BAD.cfg").write_text(BAD_PORT_CFG)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scm.py"), "cluster", "--upgrade", "--upgrade-conf", "BAD.cfg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "[ERROR] BAD.cfg:8, field SshPort: 'notaport' is not a port number (1-65535)"
+    ]
+
+
+def test_a_missing_config_file_is_one_error_line(workdir: Path) -> None:
+    result = invoke("cluster", "--upgrade", "--upgrade-conf", "nowhere.cfg")
+    assert_one_error(result, "nowhere.cfg: cannot read the upgrade configuration: No such file or directory")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--upgrade", "--rollback", "--upgrade-conf", "x.cfg"],
+            "give exactly one of --upgrade and --rollback",
+        ),
+        (["--upgrade-conf", "x.cfg"], "give exactly one of --upgrade and --rollback"),
+        (["--rollback"], "--rollback needs --upgrade-status-path FILE"),
+        (["--upgrade"], "--upgrade needs --upgrade-conf FILE (or --upgrade-status-path FILE to resume)"),
+        (
+            ["--rollback", "--upgrade-status-path", "upgrade_status_none"],
+            "upgrade status file upgrade_status_none does not exist",
+        ),
+        (
+            ["--upgrade", "--upgrade-status-path", "upgrade_status_none"],
+            "upgrade status file upgrade_status_none does not exist",
+        ),
+    ],
+    ids=[
+        "both",
+        "neither",
+        "rollback-without-status",
+        "upgrade-without-config",
+        "rollback-missing-status",
+        "resume-missing-status",
+    ],
+)
+def test_usage_errors_are_one_error_line_and_exit_2(workdir: Path, args: list[str], message: str) -> None:
+    assert_one_error(invoke("cluster", *args), message)
+    assert list(workdir.iterdir()) == []
+
+
+def test_click_level_usage_errors_exit_2(workdir: Path) -> None:
+    result = invoke("cluster", "--upgrade", "--parallel", "0", "--upgrade-conf", "x.cfg")
+    assert result.exit_code == 2
+    assert "Invalid value for '--parallel'" in result.stderr
+
+
+def test_status_verify_on_random_bytes_is_one_error_line(workdir: Path) -> None:
+    (workdir / "random").write_bytes(bytes(range(256)) * 4)
+    for command in ("verify", "show", "export"):
+        result = invoke("status", command, "random")
+        assert result.exit_code != 0
+        assert error_lines(result) == ["[ERROR] random is not an scmflow upgrade status file"]
+        assert "Traceback" not in result.output
+
+
+def test_status_commands_on_a_missing_file(workdir: Path) -> None:
+    assert_one_error(invoke("status", "verify", "nothing"), "status file nothing does not exist")
+    assert_one_error(
+        invoke("status", "list", "--status-dir", "nodir"), "status directory nodir does not exist"
+    )
+
+
+def test_status_verify_of_an_intact_and_a_damaged_file(workdir: Path) -> None:
+    journal = Journal.create(workdir / "status", {"run_id": "r1", "plan": [], "hosts": []})
+    journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+    journal.close()
+    path = journal.path
+    good = invoke("status", "verify", str(path))
+    assert good.exit_code == 0, good.output
+    assert good.stdout == f"{path}: 2 records intact, chain unbroken\n"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = invoke("status", "verify", str(path))
+    assert bad.exit_code == 1
+    assert len(error_lines(bad)) == 1 and str(path) in error_lines(bad)[0]
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"scmflow, version {__version__}\n"
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found.extend(all_commands(command, (*prefix, name)))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+COMMANDS = all_commands(main)
+def test_the_command_list_is_what_the_tests_expect() -> None:
+    assert {(), ("cluster",), ("demo",), ("status",)} <= set(COMMANDS)
+    assert {("status", n) for n in ("diagram", "export", "list", "show", "verify")} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "scm.py")
+def test_help_of_every_command_shows_an_example(command: tuple[str, ...]) -> None:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout
+    examples = result.stdout.split("Examples:", 1)
+    assert len(examples) == 2, f"{' '.join(command)} --help has no Examples section"
+    assert "scm.py " in examples[1]
+
+
+def test_short_help_option_works() -> None:
+    assert invoke("cluster", "-h").stdout == invoke("cluster", "--help").stdout
+
+
+def test_status_diagram_is_the_mermaid_lifecycle() -> None:
+    result = invoke("status", "diagram")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["stateDiagram-v2", "    [*] --> pending"]
+    for edge in (
+        "    pending --> backed_up : backup",
+        "    backed_up --> replaced : replace",
+        "    replaced --> restarted : restart",
+        "    restarted --> verified : verify",
+        "    verified --> failed : fail",
+        "    pending --> rolled_back : rollback (abandon)",
+        "    backed_up --> rolled_back : rollback (abandon)",
+        "    failed --> rolled_back : rollback (restore)",
+        "    verified --> rolled_back : rollback (restore)",
+        "    rolled_back --> pending : retry",
+        "    verified --> [*]",
+        "    rolled_back --> [*]",
+        "    note right of failed",
+    ):
+        assert edge in lines
+    assert "    failed --> [*]" not in lines
