@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -28,12 +30,19 @@ LOG = logging.getLogger("scmflow")
 
 
 class Printer:
-    """Prints operator lines as the original tool does (`[INFO ] ...`), and logs them."""
+    """Prints operator lines as the original tool does (`[INFO ] ...`), and logs them.
 
-    def __init__(self, *, to_stderr: bool = False) -> None:
+    On a terminal it also draws progress: one live line of per-host transfer bars, and a
+    bar after each `(i/N)` step line. Elsewhere (CI, logs) the plain lines are all there is.
+    """
+
+    def __init__(self, *, to_stderr: bool = False, tty: bool | None = None) -> None:
         self.err = to_stderr
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self._lock = threading.Lock()
-        self._last_transfer: dict[str, float] = {}
+        self._transfers: dict[str, tuple[int, int]] = {}
+        self._drawn = 0.0
+        self._bar_shown = False
 
     def info(self, message: str) -> None:
         """`[INFO ] message`."""
@@ -47,25 +56,62 @@ class Printer:
         """`[ERROR] message`, always on stderr."""
         LOG.error(message)
         with self._lock:
+            self._clear_bar()
             click.echo("[ERROR] " + message, err=True)
 
     def transfer(self, host: str, sent: int, total: int) -> None:
-        """Package transfer progress: logged; shown on a terminal at most twice a second."""
-        now = time.monotonic()
-        if sent < total and now - self._last_transfer.get(host, 0.0) < 0.5:
-            return
-        self._last_transfer[host] = now
+        """Package bytes sent to `host` so far: logged; a live bar line on a terminal."""
         LOG.debug("sent %d/%d bytes to %s", sent, total, host)
-        stream = sys.stderr
-        if stream.isatty():
-            pct = 100 * sent // total if total else 100
-            with self._lock:
-                click.echo(f"\r  {host}: {pct:3d}% of {total / 1e6:.1f} MB", nl=sent >= total, err=True)
+        if not self.tty:
+            return
+        with self._lock:
+            self._transfers[host] = (sent, total)
+            done = all(s >= t for s, t in self._transfers.values())
+            now = time.monotonic()
+            if not done and now - self._drawn < 0.2:
+                return
+            self._drawn = now
+            click.echo("\r\033[K" + self._transfer_line(), nl=False, err=True)
+            self._bar_shown = True
+            if done:
+                click.echo("", err=True)
+                self._bar_shown = False
+                self._transfers.clear()
+
+    def _transfer_line(self) -> str:
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        parts = []
+        for host, (sent, total) in self._transfers.items():
+            ratio = sent / total if total else 1.0
+            parts.append(f"{host} {bar(ratio, 10)} {sent / 1e6:.0f}/{total / 1e6:.0f} MB")
+        return ("sending: " + "  ".join(parts))[:width]
+
+    def _clear_bar(self) -> None:
+        if self._bar_shown:
+            click.echo("\r\033[K", nl=False, err=True)
+            self._bar_shown = False
 
     def _emit(self, line: str) -> None:
         LOG.info(line)
         with self._lock:
+            self._clear_bar()
+            step = _STEP.search(line) if self.tty else None
+            if step is not None:
+                done, total = int(step.group(1)), int(step.group(2))
+                line = f"{line} {bar(done / total if total else 1.0, 20)}"
             click.echo(line, err=self.err)
+            if self._transfers:
+                click.echo(self._transfer_line(), nl=False, err=True)
+                self._bar_shown = True
+
+
+_STEP = re.compile(r"\((\d+)/(\d+)\)$")
+
+
+def bar(ratio: float, width: int) -> str:
+    """`[#####.....]` for a ratio in 0..1."""
+    filled = max(0, min(width, round(ratio * width)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 def fail(printer: Printer, error: ScmflowError) -> NoReturn:
