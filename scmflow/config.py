@@ -76,6 +76,8 @@ class HostConfig:
     # "prompt" (cell `-`: ask the operator) or "env" (cell `env:NAME`).
     password_source: PasswordSource = "none"  # noqa: S105 (a source kind, not a secret)
     password_env: str | None = None
+    # False when the SshPort cell was empty or absent: then ~/.ssh/config's Port applies
+    port_given: bool = True
 
     @property
     def needs_password(self) -> bool:
@@ -527,6 +529,7 @@ def _parse_host(row: _Row, path: str) -> HostConfig:
         line=row.line,
         password_source=source,
         password_env=env,
+        port_given=bool(row.get("SshPort").text),
     )
 
 

@@ -170,7 +170,7 @@ def _target(config: UpgradeConfig, options: ClusterOptions, catalog: Catalog) ->
         hosts=tuple(
             HostEntry(
                 name=h.name,
-                port=h.port,
+                port=h.port if h.port_given else None,
                 user=h.user,
                 java_home=h.java_home,
                 password_auth=h.password_source != "none",
@@ -190,7 +190,9 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
     target = _target(config, options, catalog)
     selected = [config.host(h.name) for h in target.hosts]
     passwords = resolve_passwords(selected)
-    endpoints = {h.name: (h.port, h.user, passwords[h.name]) for h in selected}
+    endpoints = {
+        h.name: (h.port if h.port_given else None, h.user, passwords[h.name]) for h in selected
+    }
     compatibility = load_compatibility(catalog=catalog)
     lifecycle = load_lifecycle()
     if not options.dry_run:

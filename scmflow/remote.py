@@ -21,8 +21,9 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -85,16 +86,70 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class SSHTarget:
-    """Where and as whom to log in; the password never shows in repr or logs."""
+    """Where and as whom to log in; the password never shows in repr or logs.
+
+    `host` is the operator's name for the host, shown in every message. The rest is the
+    route, usually filled from ssh_config by `scmflow.sshconfig.resolve_target`: `address`
+    (HostName) is what to connect to, `via` the bastion whose direct-tcpip channel carries
+    the connection (ProxyJump; it may have its own `via`).
+    """
 
     host: str
     port: int = 22
     user: str = "root"
     password: str | None = field(default=None, compare=False)
+    address: str | None = None
+    host_key_alias: str | None = None
+    identity_files: tuple[Path, ...] = ()
+    identities_only: bool = False
+    via: SSHTarget | None = None
+
+    @property
+    def connect_address(self) -> str:
+        """The name or address the TCP connection (or the bastion's channel) goes to."""
+        return self.address or self.host
+
+    @property
+    def known_names(self) -> tuple[str, ...]:
+        """known_hosts names, as OpenSSH uses them: HostKeyAlias, else HostName (`[..]:port` off 22).
+
+        The first is where a new key is recorded. Off port 22 the bare HostName follows: like
+        OpenSSH ("checking without port identifier"), a matching key there is trusted too.
+        """
+        if self.host_key_alias:
+            return (self.host_key_alias,)
+        address = self.connect_address
+        return (known_host_name(address, self.port),) + ((address,) if self.port != 22 else ())
+
+    @property
+    def known_name(self) -> str:
+        """The name a new host key is recorded under."""
+        return self.known_names[0]
+
+    @property
+    def route(self) -> str:
+        """`host` plus the bastions in front of it, for messages."""
+        hops = []
+        hop = self.via
+        while hop is not None:
+            hops.append(hop.host)
+            hop = hop.via
+        return self.host + "".join(f" via {name}" for name in hops)
 
     def __repr__(self) -> str:
         hidden = "None" if self.password is None else "'******'"
-        return f"SSHTarget(host={self.host!r}, port={self.port}, user={self.user!r}, password={hidden})"
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value in (
+                ("address", self.address if self.address != self.host else None),
+                ("host_key_alias", self.host_key_alias),
+                ("via", self.via),
+            )
+            if value is not None
+        )
+        return (
+            f"SSHTarget(host={self.host!r}, port={self.port}, user={self.user!r}, password={hidden}{extra})"
+        )
 
 
 def _default_known_hosts() -> tuple[Path, ...]:
@@ -239,9 +294,24 @@ def record_host_key(path: Path, name: str, key: paramiko.PKey, *, hashed: bool |
         os.close(fd)
 
 
-def check_host_key(host: str, port: int, key: paramiko.PKey, options: SSHOptions) -> bool:
-    """Accept a known key; refuse a changed or unknown one; True when a new key was recorded."""
-    name = known_host_name(host, port)
+def check_host_key(
+    host: str,
+    port: int,
+    key: paramiko.PKey,
+    options: SSHOptions,
+    *,
+    names: Sequence[str] = (),
+    accept_hint: str | None = None,
+) -> bool:
+    """Accept a known key; refuse a changed or unknown one; True when a new key was recorded.
+
+    `names` are the known_hosts names (default: SSHTarget(host, port).known_names): a key is
+    recorded and reported under the first; the others can only vouch for a matching key.
+    `accept_hint` tells an operator how to accept an unknown key (default: ssh-keyscan).
+    """
+    names = tuple(names) or SSHTarget(host, port).known_names
+    name = names[0]
+    accept_hint = accept_hint or f"run `ssh-keyscan -p {port} {host} >> ~/.ssh/known_hosts`"
     offered = f"{key.get_name()} key {fingerprint(key)}"
     known = find_known_keys(options.known_hosts, name)
     for entry in known:
@@ -250,6 +320,8 @@ def check_host_key(host: str, port: int, key: paramiko.PKey, options: SSHOptions
             raise HostKeyError(host, f"host key for {name} ({offered}) is marked revoked in {where}")
     valid = [entry for entry in known if not entry.revoked]
     if any(entry.key.asbytes() == key.asbytes() for entry in valid):
+        return False
+    if not valid and _vouched_for(names[1:], key, options):
         return False
     if valid:
         old = valid[0]
@@ -263,13 +335,23 @@ def check_host_key(host: str, port: int, key: paramiko.PKey, options: SSHOptions
     if not options.accept_new_host_keys:
         raise HostKeyError(
             host,
-            f"unknown host key for {name}: {offered}; check the fingerprint, then run "
-            f"`ssh-keyscan -p {port} {host} >> ~/.ssh/known_hosts` or use --accept-new-host-keys",
+            f"unknown host key for {name}: {offered}; check the fingerprint, then {accept_hint} "
+            "or use --accept-new-host-keys",
         )
     if not options.known_hosts:
         raise HostKeyError(host, f"cannot record the host key for {name}: no known_hosts file configured")
     record_host_key(options.known_hosts[0], name, key, hashed=options.hash_known_hosts)
     return True
+
+
+def _vouched_for(names: Sequence[str], key: paramiko.PKey, options: SSHOptions) -> bool:
+    """Whether a fallback name holds this key, and does not mark it revoked."""
+    for name in names:
+        known = find_known_keys(options.known_hosts, name)
+        matching = [entry for entry in known if entry.key.asbytes() == key.asbytes()]
+        if matching and not any(entry.revoked for entry in matching):
+            return True
+    return False
 
 
 def _host_key_types(known: Sequence[KnownKey]) -> list[str]:
@@ -447,11 +529,12 @@ class _WatchedSocket:
 
 def _open_socket(target: SSHTarget, options: SSHOptions) -> socket.socket:
     """A TCP connection to the target, with each failure turned into a one-line RemoteError."""
-    where = f"port {target.port}"
+    address = target.connect_address
+    where = f"port {target.port}" if address == target.host else f"{address} port {target.port}"
     try:
-        return socket.create_connection((target.host, target.port), timeout=options.connect_timeout)
+        return socket.create_connection((address, target.port), timeout=options.connect_timeout)
     except socket.gaierror as exc:
-        raise RemoteError(target.host, f"cannot resolve host name {target.host!r}: {exc.strerror}") from None
+        raise RemoteError(target.host, f"cannot resolve host name {address!r}: {exc.strerror}") from None
     except ConnectionRefusedError:
         raise RemoteError(target.host, f"connection refused on {where} (is sshd running there?)") from None
     except TimeoutError:
@@ -462,25 +545,207 @@ def _open_socket(target: SSHTarget, options: SSHOptions) -> socket.socket:
         raise RemoteError(target.host, f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
-def _client_keys(options: SSHOptions, log: logging.Logger) -> Iterator[paramiko.PKey]:
-    """Explicit key files (or the default identities), then the agent's keys."""
+class _Tunnel:
+    """A direct-tcpip channel through a bastion, standing in for the target's TCP socket.
+
+    Socket options (TCP_INFO) are read from the TCP connection to the first bastion, so a
+    dead link there is told apart from a target that closed the connection.
+    """
+
+    def __init__(self, channel: paramiko.Channel, link: socket.socket, release: Callable[[], None]) -> None:
+        self._channel = channel
+        self._link = link
+        self._release = release
+        self._lock = threading.Lock()
+        self._released = False
+
+    def recv(self, size: int) -> bytes:
+        """Channel.recv."""
+        return self._channel.recv(size)
+
+    def send(self, data: bytes) -> int:
+        """Channel.send."""
+        return self._channel.send(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Channel.settimeout."""
+        self._channel.settimeout(timeout)
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        """The option of the TCP connection to the first bastion."""
+        return self._link.getsockopt(level, option, size)
+
+    def close(self) -> None:
+        """Close the channel and let go of the bastion (idempotent)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._channel.close()
+        self._release()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+@dataclass
+class _Bastion:
+    """One bastion connection and how many tunnels use it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    transport: paramiko.Transport | None = None
+    link: socket.socket | None = None
+    error: RemoteError | None = None
+    users: int = 0
+
+
+class BastionPool:
+    """Connections to jump hosts, shared by every target tunnelled through them.
+
+    One bastion connection carries the channels of all its targets: a handshake per target
+    would cost time and could trip the bastion's MaxStartups throttle when many hosts
+    connect at once. A bastion connection closes with the last tunnel through it; a bastion
+    that cannot be reached fails every target behind it with the same error, tried once.
+    """
+
+    def __init__(self, options: SSHOptions, log: logging.Logger) -> None:
+        self._options = options
+        self._log = log
+        self._lock = threading.Lock()
+        self._bastions: dict[SSHTarget, _Bastion] = {}
+
+    def tunnel(self, target: SSHTarget) -> _Tunnel:
+        """A channel from `target.via` to the target's address and port."""
+        hop = target.via
+        assert hop is not None
+        try:
+            bastion = self._acquire(hop)
+        except RemoteError as exc:
+            # same class, so an unknown or changed bastion key stays a HostKeyError
+            raise type(exc)(target.host, f"through bastion {hop.host}: {exc.message}") from None
+        try:
+            assert bastion.transport is not None and bastion.link is not None
+            channel = self._open_channel(bastion.transport, target, hop)
+        except BaseException:
+            self._release(hop, bastion)
+            raise
+        return _Tunnel(channel, bastion.link, lambda: self._release(hop, bastion))
+
+    def _open_channel(
+        self, transport: paramiko.Transport, target: SSHTarget, hop: SSHTarget
+    ) -> paramiko.Channel:
+        destination = f"{target.connect_address} port {target.port}"
+        if not transport.is_active():
+            raise RemoteError(target.host, f"connection to bastion {hop.host} was lost")
+        try:
+            channel = transport.open_channel(
+                "direct-tcpip",
+                dest_addr=(target.connect_address, target.port),
+                src_addr=("127.0.0.1", 0),
+                timeout=self._options.connect_timeout,
+            )
+        except paramiko.ChannelException as exc:
+            # RFC 4254 5.1: 1 = administratively prohibited, 2 = connect failed
+            why = (
+                "it does not allow TCP forwarding (AllowTcpForwarding)" if exc.code == 1
+                else f"it cannot connect there: {exc.text}"
+            )
+            raise RemoteError(target.host, f"bastion {hop.host} cannot open {destination}: {why}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise RemoteError(target.host, f"bastion {hop.host} cannot open {destination}: {exc}") from None
+        return channel
+
+    def _acquire(self, hop: SSHTarget) -> _Bastion:
+        with self._lock:
+            bastion = self._bastions.setdefault(hop, _Bastion())
+            bastion.users += 1
+        with bastion.lock:
+            if bastion.transport is None and bastion.error is None:
+                try:
+                    bastion.transport, watched = _handshake(hop, self._options, self._log, self)
+                    # its getsockopt reaches the first bastion's TCP socket through any tunnels
+                    bastion.link = cast(socket.socket, watched)
+                    self._log.debug("[%s] connected to bastion %s", hop.host, hop.route)
+                except RemoteError as exc:
+                    bastion.error = exc
+                except BaseException:
+                    self._release(hop, bastion)
+                    raise
+        if bastion.error is not None:
+            self._release(hop, bastion)
+            raise bastion.error
+        return bastion
+
+    def _release(self, hop: SSHTarget, bastion: _Bastion) -> None:
+        with self._lock:
+            bastion.users -= 1
+            if bastion.users > 0:
+                return
+            if self._bastions.get(hop) is bastion:
+                del self._bastions[hop]
+        if bastion.transport is not None:
+            bastion.transport.close()
+
+
+def _accept_hint(target: SSHTarget) -> str:
+    """How an operator records this target's key the way we look it up."""
+    if target.via is None and target.host_key_alias is None:
+        return f"run `ssh-keyscan -p {target.port} {target.connect_address} >> ~/.ssh/known_hosts`"
+    # ssh with the same ssh_config takes the same route and files the key under the same name
+    return f"run `ssh -p {target.port} {target.host}` once and accept the key"
+
+
+def _identity_paths(target: SSHTarget, options: SSHOptions) -> list[Path]:
+    """Key files to try: explicit ones and ssh_config's IdentityFile, else OpenSSH's defaults."""
+    given = list(dict.fromkeys((*options.key_filenames, *target.identity_files)))
+    if given:
+        return given
     ssh_dir = Path.home() / ".ssh"
-    paths = options.key_filenames or tuple(
-        ssh_dir / name for name in ("id_ed25519", "id_ecdsa", "id_rsa")
-    )
-    for path in paths:
+    return [ssh_dir / name for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
+
+
+def _public_blob(path: Path) -> bytes | None:
+    """The public key beside a key file (`path.pub`), for matching agent keys to it."""
+    try:
+        fields = Path(f"{path}.pub").read_text().split()
+        return base64.b64decode(fields[1]) if len(fields) > 1 else None
+    except (OSError, ValueError, binascii.Error):
+        return None
+
+
+def _client_keys(
+    target: SSHTarget, options: SSHOptions, log: logging.Logger
+) -> Generator[paramiko.PKey, None, None]:
+    """Key files, then the agent's other keys (with IdentitiesOnly, only those of the key files)."""
+    tried: set[bytes] = set()
+    listed: set[bytes] = set()
+    for path in _identity_paths(target, options):
         if not path.is_file():
             continue
         try:
-            yield paramiko.PKey.from_path(path)
-        except (paramiko.SSHException, OSError, ValueError) as exc:
+            key = paramiko.PKey.from_path(path)
+        except (paramiko.SSHException, OSError, ValueError, TypeError) as exc:
+            # (cryptography raises TypeError for a passphrase-protected OpenSSH-format key.)
+            # Such a key may still be in the agent: IdentitiesOnly allows its agent copy.
             log.debug("skipping key %s: %s", path, exc)
-    if options.use_agent and os.environ.get("SSH_AUTH_SOCK"):
-        agent = paramiko.Agent()
-        try:
-            yield from agent.get_keys()
-        finally:
-            agent.close()
+            blob = _public_blob(path)
+            if blob is not None:
+                listed.add(blob)
+            continue
+        tried.add(key.asbytes())
+        listed.add(key.asbytes())
+        yield key
+    if not options.use_agent or not os.environ.get("SSH_AUTH_SOCK"):
+        return
+    agent = paramiko.Agent()
+    try:
+        for agent_key in agent.get_keys():
+            blob = agent_key.asbytes()
+            if blob in tried or (target.identities_only and blob not in listed):
+                continue
+            yield agent_key
+    finally:
+        agent.close()
 
 
 def _authenticate(
@@ -489,21 +754,22 @@ def _authenticate(
     """Public keys first, then the password; RemoteError naming the user if nothing works."""
     tried: list[str] = []
     allowed: list[str] | None = None
-    for key in _client_keys(options, log):
-        if allowed is not None and "publickey" not in allowed:
-            break
-        if "publickey" not in tried:
-            tried.append("publickey")
-        try:
-            transport.auth_publickey(target.user, key)
-        except paramiko.BadAuthenticationType as exc:
-            allowed = list(exc.allowed_types)
-        except paramiko.AuthenticationException:
-            continue
-        except paramiko.SSHException as exc:
-            raise RemoteError(target.host, f"authentication as {target.user} failed: {exc}") from None
-        if transport.is_authenticated():
-            return
+    with closing(_client_keys(target, options, log)) as keys:
+        for key in keys:
+            if allowed is not None and "publickey" not in allowed:
+                break
+            if "publickey" not in tried:
+                tried.append("publickey")
+            try:
+                transport.auth_publickey(target.user, key)
+            except paramiko.BadAuthenticationType as exc:
+                allowed = list(exc.allowed_types)
+            except paramiko.AuthenticationException:
+                continue
+            except paramiko.SSHException as exc:
+                raise RemoteError(target.host, f"authentication as {target.user} failed: {exc}") from None
+            if transport.is_authenticated():
+                return
     if target.password and (allowed is None or "password" in allowed):
         tried.append("password")
         try:
@@ -522,20 +788,64 @@ def _authenticate(
     )
 
 
-def _handshake(
-    target: SSHTarget, options: SSHOptions, log: logging.Logger
-) -> tuple[paramiko.Transport, _WatchedSocket]:
-    """Connect, verify the host key and log in; the transport is closed on any failure."""
+def _open_link(target: SSHTarget, options: SSHOptions, bastions: BastionPool) -> socket.socket:
+    """A TCP connection to the target, or a tunnel through its bastion."""
+    if target.via is not None:
+        return cast(socket.socket, bastions.tunnel(target))
     sock = _open_socket(target, options)
     _tune_socket(sock, options)
-    watched = _WatchedSocket(sock)
+    return sock
+
+
+def _watch_silence(
+    transport: paramiko.Transport, sock: _WatchedSocket, options: SSHOptions, host: str, log: logging.Logger
+) -> None:
+    """Drop a tunnelled connection whose host stops answering, within SSHOptions.dead_peer_bound.
+
+    TCP_USER_TIMEOUT guards only the TCP link to the first bastion; a target (or hop) that
+    goes silent behind it would leave commands waiting for their own timeouts. So, like
+    OpenSSH's ServerAliveInterval, ask for a reply every keepalive_interval and close the
+    connection when none comes for keepalive_interval * keepalive_count_max seconds.
+    """
+    interval = max(1.0, options.keepalive_interval)
+    limit = interval * max(1, options.keepalive_count_max)
+
+    def ask(answered: threading.Event) -> None:
+        try:
+            # any reply counts; sshd refuses this request, as OpenSSH's own client expects
+            transport.global_request("keepalive@openssh.com", wait=True)
+        except (paramiko.SSHException, EOFError, OSError):
+            pass
+        answered.set()
+
+    def watch() -> None:
+        while transport.is_active():
+            answered = threading.Event()
+            # the request itself may block on a stalled channel, so it gets its own thread
+            threading.Thread(target=ask, args=(answered,), name=f"scmflow-ask-{host}", daemon=True).start()
+            if not answered.wait(limit):
+                if transport.is_active():
+                    log.debug("[%s] no answer through the tunnel for %g s; closing", host, limit)
+                    sock.error = sock.error or OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+                    transport.close()
+                return
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name=f"scmflow-alive-{host}", daemon=True).start()
+
+
+def _handshake(
+    target: SSHTarget, options: SSHOptions, log: logging.Logger, bastions: BastionPool
+) -> tuple[paramiko.Transport, _WatchedSocket]:
+    """Connect, verify the host key and log in; the transport is closed on any failure."""
+    watched = _WatchedSocket(_open_link(target, options, bastions))
     transport = paramiko.Transport(cast(socket.socket, watched))
     try:
         transport.banner_timeout = options.connect_timeout
         transport.handshake_timeout = options.connect_timeout
         transport.auth_timeout = options.connect_timeout
-        name = known_host_name(target.host, target.port)
-        preferred = _host_key_types(find_known_keys(options.known_hosts, name))
+        names = target.known_names
+        preferred = _host_key_types([k for n in names for k in find_known_keys(options.known_hosts, n)])
         security = transport.get_security_options()
         available = list(security.key_types)
         first = [t for t in preferred if t in available]
@@ -543,11 +853,18 @@ def _handshake(
         try:
             transport.start_client(timeout=options.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise RemoteError(target.host, f"SSH handshake on port {target.port} failed: {exc}") from None
-        if check_host_key(target.host, target.port, transport.get_remote_server_key(), options):
-            log.info("[%s] recorded new host key in %s", target.host, options.known_hosts[0])
+            where = f"port {target.port}"
+            if target.via is not None:
+                where = f"{target.connect_address} port {target.port} through {target.via.host}"
+            raise RemoteError(target.host, f"SSH handshake on {where} failed: {exc}") from None
+        key = transport.get_remote_server_key()
+        hint = _accept_hint(target)
+        if check_host_key(target.host, target.port, key, options, names=names, accept_hint=hint):
+            log.info("[%s] recorded new host key for %s in %s", target.host, names[0], options.known_hosts[0])
         _authenticate(transport, target, options, log)
         transport.set_keepalive(max(1, int(options.keepalive_interval)))
+        if target.via is not None:
+            _watch_silence(transport, watched, options, target.host, log)
         return transport, watched
     except BaseException:
         transport.close()
@@ -602,15 +919,22 @@ class SSHSession:
         options: SSHOptions | None = None,
         *,
         log: logging.Logger | None = None,
+        bastions: BastionPool | None = None,
     ) -> SSHSession:
-        """Open, verify and authenticate one connection; RemoteError/HostKeyError on failure."""
+        """Open, verify and authenticate one connection; RemoteError/HostKeyError on failure.
+
+        The target is taken as given (see `scmflow.sshconfig.resolve_target` for ssh_config);
+        a target with `via` is reached through its bastions, shared through `bastions`.
+        """
         options = options or SSHOptions()
         log = log or logging.getLogger(__name__)
+        bastions = bastions or BastionPool(options, log)
         started = time.monotonic()
-        transport, sock = _handshake(target, options, log)
+        transport, sock = _handshake(target, options, log, bastions)
         log.debug(
-            "[%s] connected to %s@%s:%d in %.3fs",
-            target.host, target.user, target.host, target.port, time.monotonic() - started,
+            "[%s] connected to %s@%s:%d%s in %.3fs",
+            target.host, target.user, target.connect_address, target.port,
+            target.route[len(target.host):], time.monotonic() - started,
         )
         return cls(target, options, transport, sock, log)
 
@@ -865,30 +1189,48 @@ def connect_all(
     parallel: int = 16,
     log: logging.Logger | None = None,
 ) -> dict[str, Session]:
-    """Connect to every target at once; one ScmflowError naming each host that failed."""
+    """Connect to every target at once; one ScmflowError naming each host that failed.
+
+    Targets behind the same bastion share one connection to it (see BastionPool).
+    """
     names = [target.host for target in targets]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise ScmflowError(f"hosts listed more than once: {', '.join(twice)}")
+    options = options or SSHOptions()
+    log = log or logging.getLogger(__name__)
+    bastions = BastionPool(options, log)
     sessions: dict[str, Session] = {}
-    failures: list[str] = []
+    failures: list[tuple[str, ScmflowError]] = []
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets) or 1))) as pool:
-            futures = [(t, pool.submit(SSHSession.connect, t, options, log=log)) for t in targets]
+            futures = [
+                (t, pool.submit(SSHSession.connect, t, options, log=log, bastions=bastions)) for t in targets
+            ]
             for target, future in futures:
                 try:
                     sessions[target.host] = future.result()
                 except ScmflowError as exc:
-                    failures.append(exc.message)
+                    failures.append((target.host, exc))
         if failures:
             raise ScmflowError(
-                f"cannot connect to {len(failures)} of {len(targets)} hosts: " + "; ".join(failures)
+                f"cannot connect to {len(failures)} of {len(targets)} hosts: " + _group_failures(failures)
             )
     except BaseException:
         for session in sessions.values():
             session.close()
         raise
     return sessions
+
+
+def _group_failures(failures: Sequence[tuple[str, ScmflowError]]) -> str:
+    """`[h1] why; [h2, h3] why`: hosts failing for the same reason (a bastion) share one entry."""
+    groups: dict[str, list[str]] = {}
+    for host, exc in failures:
+        prefix = f"[{host}] "
+        reason = exc.message[len(prefix):] if exc.message.startswith(prefix) else exc.message
+        groups.setdefault(reason, []).append(host)
+    return "; ".join(f"[{', '.join(hosts)}] {reason}" for reason, hosts in groups.items())
 
 
 # --------------------------------------------------------------------------- local

@@ -199,7 +199,9 @@ def _hosts_text(hosts: Any) -> str:
     texts = []
     for host in hosts:
         if isinstance(host, Mapping):
-            texts.append(f"{host.get('name', '?')}:{host.get('port', 22)} ({host.get('user', '?')})")
+            port = host.get("port")
+            where = f":{port}" if port is not None else ""
+            texts.append(f"{host.get('name', '?')}{where} ({host.get('user', '?')})")
         else:
             texts.append(str(host))
     return ", ".join(texts) or "none"

@@ -36,7 +36,8 @@ class HostEntry:
     """A host as the run knows it; never holds a password."""
 
     name: str
-    port: int
+    # None: the SshPort cell was empty, so ~/.ssh/config (or 22) decides, now and on rollback.
+    port: int | None
     user: str
     java_home: str | None
     password_auth: bool
@@ -56,7 +57,7 @@ class HostEntry:
         """Inverse of `to_record`."""
         return cls(
             name=str(record["name"]),
-            port=int(record["port"]),
+            port=None if record.get("port") is None else int(record["port"]),
             user=str(record["user"]),
             java_home=record.get("java_home"),
             password_auth=record.get("auth") == "password",

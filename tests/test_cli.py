@@ -225,7 +225,8 @@ def test_printer_on_a_terminal_draws_transfer_and_step_bars(capsys: pytest.Captu
     printer.transfer("h1", 100, 100)
     printer.transfer("h2", 200, 200)
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["[INFO ] Upgrading Service: upgrading GATEWAY on h1 (2/4) [##########..........]"]
+    step = "[INFO ] Upgrading Service: upgrading GATEWAY on h1 (2/4) [##########..........]"
+    assert out.splitlines() == [step]
     assert "sending: h1 [..........] 0/0 MB" in err
     assert "h2 [##########] 0/0 MB" in err
     assert err.endswith("\n")
