@@ -375,7 +375,7 @@ def status_show(path: Path, timeline: bool, width: int) -> None:
 
     printer = Printer()
     try:
-        click.echo(render_show(read_journal(_existing(path)), timeline=timeline, width=width))
+        click.echo(render_show(read_journal(_existing(path)), timeline=timeline, width=width).rstrip("\n"))
     except ScmflowError as exc:
         fail(printer, exc)
 
@@ -446,7 +446,7 @@ def status_list(status_dir: Path) -> None:
     if not status_dir.is_dir():
         fail(printer, UsageError(f"status directory {status_dir} does not exist"))
     try:
-        click.echo(render_list(list_status_files(status_dir)))
+        click.echo(render_list(list_status_files(status_dir)).rstrip("\n"))
     except ScmflowError as exc:
         fail(printer, exc)
 
@@ -464,7 +464,7 @@ def status_diagram() -> None:
 
     printer = Printer()
     try:
-        click.echo(render_diagram())
+        click.echo(render_diagram().rstrip("\n"))
     except ScmflowError as exc:
         fail(printer, exc)
 

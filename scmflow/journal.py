@@ -369,7 +369,7 @@ def verify_journal(path: Path) -> VerifyResult:
             f"{scan.torn_offset}) is incomplete, left by an interrupted write"
         )
         return VerifyResult(False, count, count, message, scan.torn_offset, torn_tail=True)
-    return VerifyResult(True, count, None, f"{path}: {count} records intact, chain unbroken")
+    return VerifyResult(True, count, None, f"OK: {count} records, chain intact")
 
 
 def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:

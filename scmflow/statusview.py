@@ -71,14 +71,16 @@ def run_records(contents: JournalContents) -> list[dict[str, Any]]:
 def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay]) -> str:
     """The file's outcome; rules in order, first match wins (see docs/status-file.md)."""
     runs = run_records(contents)
-    last_result = _run_detail(runs[-1]).get("result") if runs else None
+    last = _run_detail(runs[-1]) if runs else {}
+    last_result = last.get("result")
     if last_result not in _CLOSING_RESULTS or last_result == INTERRUPTED:
         return INTERRUPTED
     states = [p.state for p in pairs.values()]
     rolled_back = sum(1 for s in states if s == "rolled_back")
-    if states and rolled_back == len(states):
+    # A failed upgrade puts its failed pair back on the spot: that is a failure, not a rollback.
+    if last.get("action") == "rollback" and states and rolled_back == len(states):
         return ROLLED_BACK
-    if rolled_back:
+    if last.get("action") == "rollback" and rolled_back:
         return PARTIALLY_ROLLED_BACK
     if last_result == SUCCESS and all(s == "verified" for s in states):
         return SUCCESS
@@ -186,11 +188,11 @@ def _release_packages(release: Any) -> list[str]:
         packages = list(packages.values())
     if not isinstance(packages, list):
         return []
-    return [
-        f"{p.get('name', '?')} sha256 {p.get('sha256', '?')}"
-        for p in packages
-        if isinstance(p, Mapping)
-    ]
+    # Services shipped in one package (service-center, gateway, ...) name it once.
+    lines = (
+        f"{p.get('name', '?')} sha256 {p.get('sha256', '?')}" for p in packages if isinstance(p, Mapping)
+    )
+    return list(dict.fromkeys(lines))
 
 
 def _hosts_text(hosts: Any) -> str:

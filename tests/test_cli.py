@@ -146,7 +146,7 @@ def test_status_verify_of_an_intact_and_a_damaged_file(workdir: Path) -> None:
     path = journal.path
     good = invoke("status", "verify", str(path))
     assert good.exit_code == 0, good.output
-    assert good.stdout == f"{path}: 2 records intact, chain unbroken\n"
+    assert good.stdout == "OK: 2 records, chain intact\n"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
