@@ -1047,8 +1047,14 @@ def hold_step_lock(ctx: Ctx, op: str) -> Optional[int]:
         holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
         raise Failure(f"another scmflow step (pid {holder}) holds {path} on {ctx.host}", "step-lock")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+    except OSError as exc:
+        # The pid is only for the message above; a full disk must still let steps (and
+        # the rollback that follows a failed backup) run, and fail with their own messages.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
     return fd
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,15 +120,44 @@ def fail(printer: Printer, error: ScmflowError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-def csv_option(value: str | None) -> tuple[str, ...] | None:
-    """`a,b` -> ("a", "b"); None or empty -> None."""
-    if not value:
+def csv_option(value: str | None, option: str = "") -> tuple[str, ...] | None:
+    """`a,b` -> ("a", "b"); not given -> None; given but naming nothing -> UsageError."""
+    if value is None:
         return None
     items = tuple(v.strip() for v in value.split(",") if v.strip())
-    return items or None
+    if not items:
+        # An empty filter must never widen to "everything".
+        raise UsageError(f"{option or 'the option'} names nothing; give one or more comma-separated names")
+    return items
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ScmGroup(click.Group):
+    """A group whose own usage errors end, like every other error, in one `[ERROR]` line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; click's errors become `[ERROR] ...` and exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            hint = "; see --help" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"[ERROR] {exc.format_message().rstrip('.')}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("[ERROR] aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=ScmGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="scmflow")
 def main() -> None:
     """Upgrade and roll back a SequoiaCM cluster in one command.
@@ -274,8 +303,8 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         upgrade_conf=raw["upgrade_conf"],
         status_path=raw["status_path"],
         release_dir=release_dir,
-        hosts=csv_option(raw["hosts"]),
-        services=csv_option(raw["services"]),
+        hosts=csv_option(raw["hosts"], "--host"),
+        services=csv_option(raw["services"], "--service"),
         unattended=raw["unattended"],
         dry_run=raw["dry_run"],
         output=raw["output"],
@@ -297,7 +326,9 @@ def interrupt_handler(printer: Printer) -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        printer.warn("Interrupted: finishing the step in flight, then stopping (Ctrl-C again to abandon it)")
+        # Print from a thread: the handler may run while this thread holds the printer's lock.
+        message = "Interrupted: finishing the step in flight, then stopping (Ctrl-C again to abandon it)"
+        threading.Thread(target=printer.warn, args=(message,), daemon=True).start()
 
     previous = signal.signal(signal.SIGINT, handle)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,7 @@ def run_cluster(options: ClusterOptions, printer: Printer, *, catalog: Catalog) 
 # -- passwords and connections -------------------------------------------------------------
 
 
-def resolve_passwords(hosts: Sequence[HostConfig]) -> dict[str, str | None]:
+def resolve_passwords(hosts: Sequence[HostConfig], config_path: str = "") -> dict[str, str | None]:
     """Each host's password: literal, from the environment, or asked once per distinct user."""
     asked: dict[str, str] = {}
     out: dict[str, str | None] = {}
@@ -76,7 +77,10 @@ def resolve_passwords(hosts: Sequence[HostConfig]) -> dict[str, str | None]:
             name = host.password_env or ""
             if name not in os.environ:
                 raise ConfigError(
-                    f"environment variable {name} (Password env:{name}) is not set", field="Password"
+                    f"environment variable {name} (Password env:{name}) is not set",
+                    path=config_path,
+                    line=host.line or None,
+                    field="Password",
                 )
             out[host.name] = os.environ[name]
         elif host.password_source == "prompt":
@@ -131,9 +135,14 @@ def run_locks(
     upgrade_pack_path: str,
     admin_user: str | None,
     login_users: Mapping[str, str],
+    run_id: str,
 ) -> Iterator[None]:
-    """One run per status directory here, and one per host: held while the run changes hosts."""
-    me = RunIdentity()
+    """One run per status directory here, and one per host: held while the run changes hosts.
+
+    Locks carry the status file's run id (then this process's pid, since a rollback of a
+    run is another holder than the run itself), so "held by run X" leads to that file.
+    """
+    me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
     with (
         control_lock(options.status_dir, me),
         host_locks(
@@ -189,10 +198,8 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
     config = _load(options, printer, catalog)
     target = _target(config, options, catalog)
     selected = [config.host(h.name) for h in target.hosts]
-    passwords = resolve_passwords(selected)
-    endpoints = {
-        h.name: (h.port if h.port_given else None, h.user, passwords[h.name]) for h in selected
-    }
+    passwords = resolve_passwords(selected, config.path)
+    endpoints = {h.name: (h.port if h.port_given else None, h.user, passwords[h.name]) for h in selected}
     compatibility = load_compatibility(catalog=catalog)
     lifecycle = load_lifecycle()
     if not options.dry_run:
@@ -213,6 +220,7 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                 printer.warn(f"Upgrade note: {notice}")
             if not _show_plan(checked, options, printer, catalog):
                 return EXIT_OK
+            run_id = uuid.uuid4().hex
             settings = RunSettings(
                 parallel=options.parallel,
                 parallel_ssh=options.parallel_ssh,
@@ -224,11 +232,13 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                 upgrade_pack_path=target.upgrade_pack_path,
                 admin_user=target.admin_user,
                 login_users={h.name: h.user for h in target.hosts},
+                run_id=run_id,
             )
             with locks, interrupt_handler(printer) as stop:
                 try:
                     outcome = execute_upgrade(
                         checked,
+                        run_id=run_id,
                         status_dir=options.status_dir,
                         argv=sys.argv,
                         catalog=catalog,
@@ -302,7 +312,8 @@ def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState:
     assert options.status_path is not None
     path = options.status_path
     if not path.is_file():
-        raise UsageError(f"upgrade status file {path} does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise UsageError(f"upgrade status file {path} {what}")
     state = open_run(path)
     printer.info(f"Read the upgrade status file {path}: {len(state.pairs)} planned pairs")
     return state
@@ -364,6 +375,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
                 upgrade_pack_path=_pack_base(state),
                 admin_user=state.layout.admin_user,
                 login_users={h.name: h.user for h in state.hosts},
+                run_id=str(state.header.get("run_id", "")),
             )
             with locks, interrupt_handler(printer) as stop:
                 try:
@@ -438,6 +450,7 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
             upgrade_pack_path=_pack_base(state),
             admin_user=state.layout.admin_user,
             login_users={h.name: h.user for h in state.hosts},
+            run_id=str(state.header.get("run_id", "")),
         )
         with locks, interrupt_handler(printer) as stop:
             try:

@@ -17,7 +17,7 @@ from scmflow.actions import HostActions, RemoteLayout
 from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
 from scmflow.distribute import distribute
-from scmflow.errors import ReleaseError, ScmflowError
+from scmflow.errors import JournalError, ReleaseError, ScmflowError
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.journal import Journal, read_journal, replay
 from scmflow.machine import Lifecycle, PairRun
@@ -212,7 +212,13 @@ def make_layout(target: Target, stamp: str, start_timeout: int) -> RemoteLayout:
 
 
 def build_header(
-    checked: CheckedCluster, layout: RemoteLayout, *, argv: Sequence[str], stamp: str, parallel: int
+    checked: CheckedCluster,
+    layout: RemoteLayout,
+    *,
+    argv: Sequence[str],
+    stamp: str,
+    parallel: int,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Record 0 of the status file: enough to roll back without the config; no secrets."""
     java_homes = {h: inv.java_home for h, inv in checked.inventories.items()}
@@ -223,7 +229,7 @@ def build_header(
     ]
     release = checked.release
     return {
-        "run_id": uuid.uuid4().hex,
+        "run_id": run_id or uuid.uuid4().hex,
         "stamp": stamp,
         "started": time.time(),
         "tool": "scmflow",
@@ -282,11 +288,12 @@ def execute_upgrade(
     reporter: Reporter,
     stop: threading.Event,
     on_status_file: Callable[[Path], None] | None = None,
+    run_id: str | None = None,
 ) -> RunOutcome:
     """Create the status file, send packages, then upgrade every planned pair."""
     stamp = time.strftime(STAMP_FORMAT)
     layout = make_layout(checked.target, stamp, settings.start_timeout)
-    header = build_header(checked, layout, argv=argv, stamp=stamp, parallel=settings.parallel)
+    header = build_header(checked, layout, argv=argv, stamp=stamp, parallel=settings.parallel, run_id=run_id)
     journal = Journal.create(status_dir, header)
     reporter.info(f"Created upgrade status file, file location:{journal.path}")
     if on_status_file is not None:
@@ -354,9 +361,10 @@ def _drive_upgrade(
             on_bytes=reporter.transfer,
         )
     except ScmflowError as exc:
-        journal.append(
-            {"kind": "run", "detail": {"action": action, "result": "failed", "error": exc.message}}
-        )
+        with journal:
+            journal.append(
+                {"kind": "run", "detail": {"action": action, "result": "failed", "error": exc.message}}
+            )
         raise RunFailed(exc.message, journal.path) from exc
     journal.append({"kind": "note", "detail": {"packages_sent": sorted(pairs_by_host)}})
     runs = make_runs(
@@ -424,15 +432,19 @@ def make_runs(
 
 
 def _finish(journal: Journal, result: StageResult, *, action: str, pairs: int) -> RunOutcome:
-    if result.failures:
-        message = "; ".join(describe_failure(f) for f in result.failures)
-        journal.append({"kind": "run", "detail": {"action": action, "result": "failed", "error": message}})
-        raise RunFailed(message, journal.path)
-    if result.interrupted:
-        journal.append({"kind": "run", "detail": {"action": action, "result": "interrupted"}})
-        raise RunInterrupted(journal.path)
-    journal.append({"kind": "run", "detail": {"action": action, "result": "success"}})
-    return RunOutcome(status_path=journal.path, result=result, pairs=pairs)
+    """Record how the run ended and release the status file (a later step may reopen it)."""
+    with journal:
+        if result.failures:
+            message = "; ".join(describe_failure(f) for f in result.failures)
+            journal.append(
+                {"kind": "run", "detail": {"action": action, "result": "failed", "error": message}}
+            )
+            raise RunFailed(message, journal.path)
+        if result.interrupted:
+            journal.append({"kind": "run", "detail": {"action": action, "result": "interrupted"}})
+            raise RunInterrupted(journal.path)
+        journal.append({"kind": "run", "detail": {"action": action, "result": "success"}})
+        return RunOutcome(status_path=journal.path, result=result, pairs=pairs)
 
 
 @dataclass
@@ -452,6 +464,7 @@ def open_run(status_path: Path) -> ResumeState:
     """Read a status file and open it for appending; replay gives each pair's state."""
     contents = read_journal(status_path)
     header = contents.header
+    _check_run_header(status_path, header)
     replayed = replay(contents)
     pairs = [Pair.from_record(r) for r in header["plan"]]
     states = {key: r.state for key, r in replayed.items()}
@@ -476,6 +489,36 @@ def open_run(status_path: Path) -> ResumeState:
         hosts=hosts,
         layout=layout,
     )
+
+
+def _check_run_header(path: Path, header: Mapping[str, Any]) -> None:
+    """JournalError unless the header holds what rollback and resume need."""
+    problems = []
+    layout = header.get("layout")
+    if not isinstance(layout, Mapping) or not all(
+        isinstance(layout.get(k), str) for k in ("install_path", "install_user", "upgrade_dir", "backup_dir")
+    ):
+        problems.append("layout")
+    hosts = header.get("hosts")
+    if not isinstance(hosts, list) or not all(
+        isinstance(h, Mapping) and isinstance(h.get("name"), str) and isinstance(h.get("user"), str)
+        for h in hosts
+    ):
+        problems.append("hosts")
+    plan = header.get("plan")
+    if not isinstance(plan, list) or not all(
+        isinstance(p, Mapping)
+        and all(isinstance(p.get(k), str) for k in ("host", "service", "printed", "new_version"))
+        for p in plan
+    ):
+        problems.append("plan")
+    release = header.get("release")
+    if not isinstance(release, Mapping) or not isinstance(release.get("packages"), Mapping):
+        problems.append("release")
+    if problems:
+        raise JournalError(
+            f"{path} is not the status file of an upgrade run: its header lacks a valid {', '.join(problems)}"
+        )
 
 
 def reload_release(

@@ -68,7 +68,12 @@ def _unpack(tarball: Path, install_path: Path) -> None:
     if not tarball.is_file():
         raise SandboxError(f"release package {tarball} is missing")
     with tarfile.open(tarball, "r:gz") as tar:
-        tar.extractall(install_path, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(install_path, filter="data")
+        else:
+            # Python before 3.11.4 (Debian 12's python3) has no extraction filters; the
+            # packages are the sandbox's own.
+            tar.extractall(install_path)  # noqa: S202
 
 
 def _copy_non_service(release_root: Path, install_path: Path, service: Service) -> None:
