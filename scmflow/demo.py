@@ -15,8 +15,9 @@ import shutil
 import signal
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,7 +28,7 @@ from scmflow.catalog import Catalog, load_catalog, parse_version
 from scmflow.compatibility import load_compatibility
 from scmflow.errors import Interrupted, ScmflowError, UsageError
 from scmflow.journal import read_journal
-from scmflow.locks import RunIdentity, control_lock, host_locks
+from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
 from scmflow.remote import LocalSession, Session
@@ -149,9 +150,7 @@ def run_demo(options: DemoOptions, printer: DemoPrinter) -> int:
 
 def _check_options(options: DemoOptions) -> None:
     if options.fail_service is not None and options.fail_service not in DEMO_SERVICES:
-        raise UsageError(
-            f"--fail {options.fail_service}: the demo runs only {', '.join(DEMO_SERVICES)}"
-        )
+        raise UsageError(f"--fail {options.fail_service}: the demo runs only {', '.join(DEMO_SERVICES)}")
     workdir = options.workdir
     if workdir is not None and workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
         raise UsageError(f"--workdir {workdir} must be an empty directory or not exist yet")
@@ -359,22 +358,18 @@ def local_connector() -> Connector:
     return connect
 
 
-@contextmanager
-def _run_locks(paths: DemoPaths, sessions: Mapping[str, Session]) -> Iterator[None]:
+def _run_locks(
+    paths: DemoPaths, sessions: Mapping[str, Session], run_id: str
+) -> AbstractContextManager[None]:
     """The cluster command's locks: the status directory's, and the host's run lock."""
-    me = RunIdentity()
-    with (
-        control_lock(paths.status_dir, me),
-        host_locks(
-            sessions,
-            upgrade_pack_path=str(paths.upgrade_pack),
-            admin_user=None,
-            login_users={name: _me() for name in sessions},
-            me=me,
-            force=False,
-        ),
-    ):
-        yield
+    return run_locks(
+        paths.status_dir,
+        sessions,
+        upgrade_pack_path=str(paths.upgrade_pack),
+        admin_user=None,
+        login_users={name: _me() for name in sessions},
+        run_id=run_id,
+    )
 
 
 def _upgrade(
@@ -399,9 +394,11 @@ def _upgrade(
         for notice in compatibility.notices_for(olds, checked.plan.release_version):
             printer.warn(f"Upgrade note: {notice}")
         _show_plan(checked, printer)
-        with _run_locks(paths, checked.sessions):
+        run_id = uuid.uuid4().hex
+        with _run_locks(paths, checked.sessions, run_id):
             outcome = execute_upgrade(
                 checked,
+                run_id=run_id,
                 status_dir=paths.status_dir,
                 argv=_demo_argv(options),
                 catalog=catalog,
@@ -497,7 +494,7 @@ def _roll_back_pairs(
         printer.info(line)
     packages = {s: str(info["name"]) for s, info in state.header["release"]["packages"].items()}
     try:
-        with _run_locks(paths, sessions):
+        with _run_locks(paths, sessions, str(state.header.get("run_id", ""))):
             outcome = execute_rollback(
                 state,
                 selection.pairs,

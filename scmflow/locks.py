@@ -172,3 +172,34 @@ def _release(sessions: Mapping[str, Session], hosts: list[str], path: str, me: R
         except ScmflowError:
             # A dead host keeps its lock; the next run reports it with its holder.
             continue
+
+
+@contextmanager
+def run_locks(
+    status_dir: Path,
+    sessions: Mapping[str, Session],
+    *,
+    upgrade_pack_path: str,
+    admin_user: str | None,
+    login_users: Mapping[str, str],
+    run_id: str,
+    force: bool = False,
+) -> Iterator[None]:
+    """One run per status directory here, and one per host: held while a run changes hosts.
+
+    Locks carry the status file's run id (then this process's pid, since a rollback of a
+    run is another holder than the run itself), so "held by run X" leads to that file.
+    """
+    me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
+    with (
+        control_lock(status_dir, me),
+        host_locks(
+            sessions,
+            upgrade_pack_path=upgrade_pack_path,
+            admin_user=admin_user,
+            login_users=login_users,
+            me=me,
+            force=force,
+        ),
+    ):
+        yield

@@ -9,8 +9,8 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import HostConfig, UpgradeConfig, load_config, select_hosts, select_services
 from scmflow.errors import ConfigError, UsageError
-from scmflow.locks import RunIdentity, control_lock, host_locks
+from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
 from scmflow.remote import Session, SSHOptions, connect_all
@@ -127,34 +127,19 @@ def ssh_connector(
     return connect
 
 
-@contextmanager
-def run_locks(
-    options: ClusterOptions,
-    sessions: Mapping[str, Session],
-    *,
-    upgrade_pack_path: str,
-    admin_user: str | None,
-    login_users: Mapping[str, str],
-    run_id: str,
-) -> Iterator[None]:
-    """One run per status directory here, and one per host: held while the run changes hosts.
-
-    Locks carry the status file's run id (then this process's pid, since a rollback of a
-    run is another holder than the run itself), so "held by run X" leads to that file.
-    """
-    me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
-    with (
-        control_lock(options.status_dir, me),
-        host_locks(
-            sessions,
-            upgrade_pack_path=upgrade_pack_path,
-            admin_user=admin_user,
-            login_users=login_users,
-            me=me,
-            force=options.break_lock,
-        ),
-    ):
-        yield
+def _state_locks(
+    options: ClusterOptions, state: ResumeState, sessions: Mapping[str, Session]
+) -> AbstractContextManager[None]:
+    """The run locks for continuing or rolling back the run a status file records."""
+    return run_locks(
+        options.status_dir,
+        sessions,
+        upgrade_pack_path=_pack_base(state),
+        admin_user=state.layout.admin_user,
+        login_users={h.name: h.user for h in state.hosts},
+        run_id=str(state.header.get("run_id", "")),
+        force=options.break_lock,
+    )
 
 
 # -- upgrade ---------------------------------------------------------------------------------
@@ -227,12 +212,13 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                 start_timeout=options.start_timeout,
             )
             locks = run_locks(
-                options,
+                options.status_dir,
                 {h: checked.sessions[h] for h in checked.plan.hosts()},
                 upgrade_pack_path=target.upgrade_pack_path,
                 admin_user=target.admin_user,
                 login_users={h.name: h.user for h in target.hosts},
                 run_id=run_id,
+                force=options.break_lock,
             )
             with locks, interrupt_handler(printer) as stop:
                 try:
@@ -369,15 +355,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
         release = reload_release(state.header, _explicit_release_dir(options), catalog, Path(work))
         sessions = _status_sessions(state, options, catalog, [h.name for h in state.hosts])
         try:
-            locks = run_locks(
-                options,
-                sessions,
-                upgrade_pack_path=_pack_base(state),
-                admin_user=state.layout.admin_user,
-                login_users={h.name: h.user for h in state.hosts},
-                run_id=str(state.header.get("run_id", "")),
-            )
-            with locks, interrupt_handler(printer) as stop:
+            with _state_locks(options, state, sessions), interrupt_handler(printer) as stop:
                 try:
                     outcome = resume_upgrade(
                         state,
@@ -444,15 +422,7 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
             return EXIT_OK
         open_run_log(options.status_dir, printer)
         packages = _recorded_packages(state.header)
-        locks = run_locks(
-            options,
-            sessions,
-            upgrade_pack_path=_pack_base(state),
-            admin_user=state.layout.admin_user,
-            login_users={h.name: h.user for h in state.hosts},
-            run_id=str(state.header.get("run_id", "")),
-        )
-        with locks, interrupt_handler(printer) as stop:
+        with _state_locks(options, state, sessions), interrupt_handler(printer) as stop:
             try:
                 outcome = execute_rollback(
                     state,

@@ -165,7 +165,7 @@ def test_second_run_refused_by_status_dir_lock_and_by_host_locks(scenario: Scena
         # plans nothing there and does not lock it; host2 and host3 still wait for gateway
         h1, h2, h3 = s.cluster.hosts
         assert f"[{h2.address}] the run lock" in message and f"[{h3.address}] the run lock" in message
-        holders = re.findall(r"is held by run ([0-9a-f]{32}) from (\S+) \(pid (\d+)\)", message)
+        holders = re.findall(r"is held by run ([0-9a-f]{32})\.\d+ from (\S+) \(pid (\d+)\)", message)
         assert len(holders) == 2 and {(m, int(p)) for _, m, p in holders} == {(me, first.pid)}, message
         assert "if that run is dead, rerun with --break-lock" in message
         assert "that run is dead (its pid" not in message
@@ -176,12 +176,8 @@ def test_second_run_refused_by_status_dir_lock_and_by_host_locks(scenario: Scena
     assert code == 0, (s.work / "first.out").read_text()
     assert all(not host_lock(h).exists() for h in s.cluster.hosts), "a finished run releases its host locks"
 
-    named_run = holders[0][0]
-    if named_run != read_journal(status).header["run_id"]:
-        pytest.xfail(
-            "known bug: the lock names a run id (locks.RunIdentity) that is not the status file's "
-            "run_id (upgrade.build_header), so an operator cannot tell which run holds it"
-        )
+    # The lock names the status file's run (then the holding process's pid).
+    assert holders[0][0] == read_journal(status).header["run_id"]
 
 
 def test_stale_host_lock_of_a_killed_run_is_reported_and_broken(scenario: Scenario) -> None:
