@@ -211,8 +211,12 @@ def test_full_backup_disk_fails_the_pair_before_any_replace(scenario: Scenario) 
     story = "\n".join(f"{r['kind']} {r['trigger']} {r.get('detail')}" for r in pair.history)
     fails = [r for r in pair.history if r["kind"] == "fail"]
     assert fails and fails[0]["trigger"] == "backup", story
-    assert "No space left on device" in str(fails[0].get("detail")), story
+    # the backup's own space check names the host, the path and the shortfall
+    assert "not enough space on" in str(fails[0].get("detail")), story
+    assert "/opt/backup/sequoiacm/backup-" in str(fails[0].get("detail")), story
     assert not any(r["kind"] == "begin" and r["trigger"] == "replace" for r in pair.history), story
+    # the failed pair's own rollback only drops the incomplete backup: nothing was replaced
+    assert pair.state == "rolled_back", story
     # host2's install is as it was, its nodes still run the old version
     assert s.digests()[h2.name] == before[h2.name]
     assert s.running()[h2.name] == {8810: "3.1.2", 8080: "3.1.2"}
