@@ -599,6 +599,76 @@ def replaced_matches(ctx: Ctx) -> List[str]:
     return found
 
 
+def relative_matches(base: str, patterns: List[str]) -> List[str]:
+    """`base`-relative paths matching any of the globs."""
+    found: List[str] = []
+    for pattern in patterns:
+        for path in matches(base, pattern):
+            rel = os.path.relpath(path, base)
+            if rel not in found:
+                found.append(rel)
+    return found
+
+
+def same_tree(a: str, b: str) -> bool:
+    """Whether two files, links or trees are equal in type, mode, link target and content."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    if sa.st_mode != sb.st_mode:  # type and permission bits
+        return False
+    if stat.S_ISLNK(sa.st_mode):
+        return os.readlink(a) == os.readlink(b)
+    if stat.S_ISDIR(sa.st_mode):
+        names = sorted(os.listdir(a))
+        return names == sorted(os.listdir(b)) and all(
+            same_tree(os.path.join(a, n), os.path.join(b, n)) for n in names
+        )
+    if sa.st_size != sb.st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block = fa.read(1 << 20)
+            if block != fb.read(1 << 20):
+                return False
+            if not block:
+                return True
+
+
+def restored_by_mate(ctx: Ctx, backup_dir: str) -> List[str]:
+    """Replace globs whose files a pair of the same dir, upgraded earlier, already restored.
+
+    Services sharing a dir (the cloud services) each back up the shared files (bin/, *.py,
+    the tools jar) as they were just before their own upgrade, so a later pair's copy holds
+    the files the earlier pair's upgrade brought. When the earlier pair was rolled back
+    first (out of reverse order: a skipped pair put right, or `--service` one at a time),
+    the shared files already match its older copy; restoring the later copy over them
+    would bring the newer files back.
+    """
+    svc = ctx.service()
+    base = ctx.service_dir()
+    mine = read_json(backup_paths(backup_dir)[2]) or {}
+    parent = os.path.dirname(os.path.normpath(backup_dir))
+    for name in sorted(os.listdir(parent)):
+        other = os.path.join(parent, name)
+        if other == os.path.normpath(backup_dir) or not os.path.isdir(other):
+            continue
+        files, manifest_path, marker = backup_paths(other)
+        theirs, done = read_json(manifest_path), read_json(marker)
+        if theirs is None or done is None or theirs.get("dir") != svc["dir"]:
+            continue
+        if float(done.get("time", 0)) >= float(mine.get("time", 0)):
+            continue
+        shared = [g for g in svc["replace"] if g in (theirs.get("replace") or [])]
+        now, saved = relative_matches(base, shared), relative_matches(files, shared)
+        if shared and sorted(now) == sorted(saved) and all(
+            same_tree(os.path.join(base, rel), os.path.join(files, rel)) for rel in now
+        ):
+            return shared
+    return []
+
+
 def staging_dir(ctx: Ctx) -> str:
     """Where a package unpacks before its files move in (same filesystem as the install)."""
     return os.path.join(ctx.need("install_path"), _STAGING_PREFIX + ctx.service()["name"])
@@ -816,6 +886,9 @@ def op_backup(ctx: Ctx) -> Dict[str, Any]:
             "paths": rels,
             "dir_existed": os.path.isdir(base),
             "bytes": size,
+            # what a restore of a pair sharing the dir needs to know (see restored_by_mate)
+            "dir": ctx.service()["dir"],
+            "replace": list(ctx.service()["replace"]),
         }
         write_atomic(manifest_path, json.dumps(manifest, sort_keys=True).encode())
         # The copies must be on disk before the marker says they are.
@@ -894,10 +967,16 @@ def op_restore(ctx: Ctx) -> Dict[str, Any]:
     base = ctx.service_dir()
     files = backup_paths(backup_dir)[0]
     remove_path(staging_dir(ctx))
+    kept = restored_by_mate(ctx, backup_dir)
+    keep_now = set(relative_matches(base, kept))
+    keep_saved = set(relative_matches(files, kept))
     if os.path.isdir(base):
         for rel in replaced_matches(ctx):
-            remove_path(os.path.join(base, rel))
+            if rel not in keep_now:
+                remove_path(os.path.join(base, rel))
     for rel in manifest.get("paths") or []:
+        if rel in keep_saved:
+            continue
         dst = os.path.join(base, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         copy_tree(os.path.join(files, rel), dst)
@@ -913,7 +992,7 @@ def op_restore(ctx: Ctx) -> Dict[str, Any]:
     )
     if problems:
         raise Failure("after the restore: " + "; ".join(problems), "verify")
-    return dict(state, restored=True, started=started["started"])
+    return dict(state, restored=True, started=started["started"], kept=kept)
 
 
 def op_abandon(ctx: Ctx) -> Dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Sends each host the packages its pairs need, into the run's upgrade dir, sha256-checked."""
+"""Sends each host the packages its pairs need, into the run's upgrade dir, sha256-checked.
+
+A package already in the upgrade dir with the right sha256 (a resumed run's) is not sent
+again: one `sha256sum` per host finds which ones are.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from scmflow.agentcall import call_agent
 from scmflow.errors import ScmflowError
 from scmflow.plan import Pair
 from scmflow.release import Package, Release
-from scmflow.remote import Session
+from scmflow.remote import Session, Upload
 
 
 def packages_for(pairs: Sequence[Pair], release: Release) -> list[Package]:
@@ -33,6 +37,21 @@ def prepare_host(session: Session, layout: RemoteLayout, *, login_user: str, fre
     call_agent(session, "prepare", spec, user=layout.admin_user, java_home=None, timeout=120.0)
 
 
+def missing_packages(session: Session, layout: RemoteLayout, packages: Sequence[Package]) -> list[Package]:
+    """The packages whose file in the upgrade dir is absent or differs, asked in one command."""
+    if not packages:
+        return []
+    wanted = {layout.package_path(p.name): p for p in packages}
+    # check=False: sha256sum exits 1 when some files are missing, and still hashes the rest
+    result = session.run(["sha256sum", "--", *wanted], check=False, timeout=600.0)
+    present: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        fields = line.split(maxsplit=1)
+        if len(fields) == 2:
+            present[fields[1].removeprefix("*")] = fields[0].lower()
+    return [p for path, p in wanted.items() if present.get(path) != p.sha256.lower()]
+
+
 def send_host_packages(
     session: Session,
     layout: RemoteLayout,
@@ -40,19 +59,9 @@ def send_host_packages(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Send `packages` to the upgrade dir, each verified by sha256 on the host."""
-    total = sum(p.size for p in packages)
-    done = 0
-    for package in packages:
-
-        def step(sent: int, _size: int, base: int = done) -> None:
-            if progress is not None:
-                progress(base + sent, total)
-
-        session.put(package.path, layout.package_path(package.name), sha256=package.sha256, progress=step)
-        done += package.size
-        if progress is not None:
-            progress(done, total)
+    """Send `packages` to the upgrade dir in one transfer, each verified by sha256 on the host."""
+    uploads = [Upload(p.path, layout.package_path(p.name), p.sha256) for p in packages]
+    session.put_files(uploads, progress=progress)
 
 
 def distribute(
@@ -66,16 +75,20 @@ def distribute(
     parallel: int,
     on_host_start: Callable[[str], None],
     on_bytes: Callable[[str, int, int], None] | None = None,
-) -> None:
-    """Prepare and fill every host's upgrade dir, `parallel` hosts at once.
+) -> dict[str, int]:
+    """Prepare and fill every host's upgrade dir, `parallel` hosts at once; bytes sent per host.
 
-    Every host is attempted; one ScmflowError then names each host that failed.
+    A `fresh` upgrade dir is new, so everything is sent; otherwise only missing or differing
+    packages are. Every host is attempted; one ScmflowError then names each host that failed.
     """
 
-    def one(host: str) -> None:
+    def one(host: str) -> int:
         on_host_start(host)
         session = sessions[host]
         prepare_host(session, layout, login_user=login_users[host], fresh=fresh)
+        packages = packages_for(pairs_by_host[host], release)
+        if not fresh:
+            packages = missing_packages(session, layout, packages)
         progress = None
         if on_bytes is not None:
             callback = on_bytes
@@ -83,15 +96,20 @@ def distribute(
             def progress(sent: int, total: int) -> None:
                 callback(host, sent, total)
 
-        send_host_packages(session, layout, packages_for(pairs_by_host[host], release), progress=progress)
+        send_host_packages(session, layout, packages, progress=progress)
+        return sum(p.size for p in packages)
 
     hosts = list(pairs_by_host)
     errors: list[str] = []
+    sent: dict[str, int] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts) or 1))) as pool:
         futures = {host: pool.submit(one, host) for host in hosts}
         for host, future in futures.items():
             exc = future.exception()
-            if exc is not None:
+            if exc is None:
+                sent[host] = future.result()
+            else:
                 errors.append(exc.message if isinstance(exc, ScmflowError) else f"[{host}] {exc}")
     if errors:
         raise ScmflowError("sending upgrade packages failed: " + "; ".join(errors))
+    return sent

@@ -20,6 +20,7 @@ from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import HostConfig, UpgradeConfig, load_config, select_hosts, select_services
 from scmflow.errors import ConfigError, UsageError
+from scmflow.journal import read_journal
 from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
@@ -27,6 +28,7 @@ from scmflow.remote import Session, SSHOptions, connect_all
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
 from scmflow.sshconfig import load_client_config, resolve_target
+from scmflow.statusview import run_records
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,
@@ -339,6 +341,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     lifecycle = load_lifecycle()
     todo = [p for p in state.pairs if state.states.get(p.key) != "verified" or p.key in state.in_flight]
     if not todo:
+        _close_finished_run(state)
         printer.info(f"Every pair of {options.status_path} is already upgraded; nothing to resume")
         return EXIT_OK
     printer.info("Prepare to resume the upgrade of these services in this order")
@@ -379,6 +382,16 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
         f"Upgrade service success, generate upgrade status file success, file location:{outcome.status_path}"
     )
     return EXIT_OK
+
+
+def _close_finished_run(state: ResumeState) -> None:
+    """Record success for a run that was killed or interrupted after its last pair was verified.
+
+    Otherwise the file would read "interrupted" for good although every pair is upgraded.
+    """
+    runs = run_records(read_journal(state.journal.path))
+    if not runs or runs[-1].get("detail", {}).get("result") != "success":
+        state.journal.append({"kind": "run", "detail": {"action": "resume", "result": "success"}})
 
 
 def _explicit_release_dir(options: ClusterOptions) -> Path | None:

@@ -1,0 +1,521 @@
+"""scmflow against plain OpenSSH on real sshd test hosts; prints one `name: ratio` line per figure.
+
+    sudo .venv/bin/python bench/run.py [--hosts 8] [--memory-hosts 32] [--pad-mb 200] [--repeat 3]
+
+Needs root (tests/hosts.py gives each host its own network and mount namespace and sshd),
+OpenSSH's ssh, scp and sshd, and the dev virtualenv. Figures, each scmflow / the baseline:
+
+  send_1_host       distribute() of a --pad-mb release to one host / one `scp` of the same files
+  send_H_hosts      the same to all H hosts / H `scp` at once
+  upgrade_p1        `scm.py cluster --upgrade --unattended --parallel 1`, H hosts x all services
+                    / bench/baseline.sh (the same remote steps over ssh, one at a time)
+  upgrade_pH        the same with `--parallel H` / the baseline one at a time
+  check_H_vs_1      `--dry-run` (connect, check, plan) of H hosts / of one host
+  memory_M_vs_H     peak RSS of the scm.py process upgrading M hosts / H hosts (lean install)
+
+Every connection (scmflow's, and the ControlMaster that scp and the baseline multiplex over)
+is opened before the clock starts for sends; upgrades and checks are timed as an operator
+sees them (the whole command). Times are medians of --repeat runs (--upgrade-repeat for
+upgrades); the hosts share this machine's CPUs with scmflow, so the machine must be idle.
+Logins are as root, as in the vendor's upgrade.cfg; each host's /root/.bashrc is the stock
+one (/etc/skel) unless --keep-root-bashrc, since a heavy one taxes every command of both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from scmflow import sandbox  # noqa: E402
+from scmflow.actions import RemoteLayout  # noqa: E402
+from scmflow.catalog import Catalog, load_catalog  # noqa: E402
+from scmflow.distribute import distribute  # noqa: E402
+from scmflow.plan import Pair  # noqa: E402
+from scmflow.release import Release, load_release  # noqa: E402
+from scmflow.remote import Session, SSHOptions, SSHTarget, connect_all  # noqa: E402
+from scmflow.sandbox import NodeSpec, Topology  # noqa: E402
+from scmflow.sandbox.packs import ships  # noqa: E402
+from tests.e2e.sandbox_cluster import SCM, Scenario, outer_install  # noqa: E402
+from tests.hosts import TestCluster, TestHost, missing_prerequisite, start_cluster  # noqa: E402
+
+OLD, NEW = "3.1.2", "3.2.2"
+BASELINE = Path(__file__).resolve().parent / "baseline.sh"
+FIRST_PORT = 9100
+TIME = "/usr/bin/time"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One printed line: ours / theirs, the raw values, and the target it must meet."""
+
+    name: str
+    ours: float
+    theirs: float
+    labels: tuple[str, str]
+    target: float | None
+    unit: str = "s"
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """ours / theirs."""
+        return self.ours / self.theirs if self.theirs else float("inf")
+
+    def line(self) -> str:
+        """`name: ratio  (ours x, theirs y; target <= t: ok)`."""
+        verdict = ""
+        if self.target is not None:
+            verdict = f"; target <= {self.target:g}: {'ok' if self.ratio <= self.target else 'MISSED'}"
+        raw = f"{self.labels[0]} {self.ours:.3f} {self.unit}, {self.labels[1]} {self.theirs:.3f} {self.unit}"
+        detail = f"; {self.detail}" if self.detail else ""
+        return f"{self.name}: {self.ratio:.2f}  ({raw}{detail}{verdict})"
+
+
+def note(message: str) -> None:
+    """Progress on stderr; the figures go to stdout."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median_time(action: Callable[[], None], repeat: int) -> float:
+    """Median wall time of `repeat` calls."""
+    times = []
+    for _ in range(repeat):
+        started = time.monotonic()
+        action()
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+@dataclass(frozen=True)
+class Releases:
+    """The unpacked releases the benchmark uses."""
+
+    old: Path
+    new: Path
+    big: Path
+
+
+def build_releases(work: Path, pad_mb: int) -> Releases:
+    """3.1.2, 3.2.2, and a 3.2.2 whose service tarballs carry `pad_mb` MB of filler in all."""
+    base = work / "releases"
+    base.mkdir(mode=0o755)
+    return Releases(
+        old=sandbox.build_release(base / "old", OLD),
+        new=sandbox.build_release(base / "new", NEW),
+        big=sandbox.build_release(base / "big", NEW, pad_bytes=pad_mb * 1024 * 1024),
+    )
+
+
+def full_topology(catalog: Catalog) -> Topology:
+    """Every service that 3.1.2 ships, one running node per port service, the daemon."""
+    services = [s for s in catalog.ordered() if ships(s, OLD)]
+    nodes: list[NodeSpec] = []
+    for service in services:
+        if service.node_kind == "port":
+            nodes.append(NodeSpec(service.name, FIRST_PORT + len(nodes)))
+        elif service.node_kind == "daemon":
+            nodes.append(NodeSpec(service.name, None))
+    return Topology(services=tuple(s.name for s in services), nodes=tuple(nodes))
+
+
+def lean_topology() -> Topology:
+    """Two services, three nodes: enough to exercise every step on many hosts."""
+    return Topology(
+        services=("service-center", "gateway", "daemon"),
+        nodes=(NodeSpec("service-center", 8810), NodeSpec("gateway", 8080), NodeSpec("daemon", None)),
+    )
+
+
+def use_stock_bashrc(cluster: TestCluster) -> None:
+    """Give root logins on the hosts Debian's stock .bashrc (in their own mount namespaces)."""
+    for host in cluster.hosts:
+        host.exec(["mount", "--bind", "/etc/skel/.bashrc", "/root/.bashrc"])
+
+
+def subset(cluster: TestCluster, count: int) -> TestCluster:
+    """The first `count` hosts, as a cluster object (never closed itself)."""
+    return dataclasses.replace(cluster, hosts=cluster.hosts[:count])
+
+
+def scenario(cluster: TestCluster, releases: Releases, work: Path) -> Scenario:
+    """An operator's working dir (HOME, upgrade.cfg, status dir) for these hosts."""
+    work.mkdir(parents=True)
+    s = Scenario(cluster=cluster, releases={OLD: releases.old, NEW: releases.new}, work=work)
+    cluster.home(s.home)
+    s.config()
+    return s
+
+
+def reinstall(s: Scenario, topology: Topology) -> None:
+    """Wipe the hosts and install 3.1.2 with `topology`, nodes running, all hosts at once."""
+    s.cleanup()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda h: s.install(h, OLD, topology), s.cluster.hosts))
+
+
+def check_upgraded(s: Scenario, topology: Topology) -> None:
+    """Every node that ran before runs again and reports 3.2.2 (else the run did not count)."""
+    expected = {n.port for n in topology.nodes if n.running and n.port is not None}
+    for host, ports in s.running().items():
+        if set(ports) != expected or any(v != NEW for v in ports.values()):
+            raise SystemExit(f"bench: {host} is not upgraded: {ports}")
+
+
+# --------------------------------------------------------------------------- running things
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scm.py run: wall time, and the CPU time and peak RSS of the scm.py process itself."""
+
+    seconds: float
+    cpu_seconds: float
+    max_rss_mb: float
+    code: int
+    output: str
+
+
+def run_scm(s: Scenario, args: Sequence[str]) -> Run:
+    """Run scm.py as Scenario.scm does, under /usr/bin/time.
+
+    Not wait4() on a direct child: a child forked from this (large) process starts with our
+    RSS as its high-water mark; /usr/bin/time forks scm.py from a small process.
+    """
+    env = {"HOME": str(s.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+           "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryDirectory() as tmp:
+        usage = Path(tmp) / "usage"
+        argv = [TIME, "-f", "%M %U %S", "-o", str(usage), sys.executable, str(SCM), *args]
+        started = time.monotonic()
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=s.work,
+        )
+        seconds = time.monotonic() - started
+        # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
+        rss_kb, user, system = usage.read_text().split("\n")[-2].split()
+    output = done.stdout.decode(errors="replace")
+    return Run(seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output)
+
+
+def scm_ok(s: Scenario, args: Sequence[str]) -> Run:
+    """run_scm that must succeed."""
+    run = run_scm(s, args)
+    if run.code != 0:
+        raise SystemExit(f"bench: scm.py {shlex.join(args)} failed ({run.code}):\n{run.output[-3000:]}")
+    return run
+
+
+def ssh_base(cluster: TestCluster, mux: Path) -> list[str]:
+    """ssh/scp options: the cluster's key and known_hosts, multiplexed through `mux`."""
+    return ["-i", str(cluster.client_key), "-o", f"UserKnownHostsFile={cluster.known_hosts}",
+            "-o", "BatchMode=yes", "-o", f"ControlPath={mux}/%h"]
+
+
+@contextmanager
+def ssh_masters(cluster: TestCluster, hosts: Sequence[TestHost]) -> Iterator[list[str]]:
+    """One ControlMaster connection per host, open for the block; yields the ssh options."""
+    mux = Path(tempfile.mkdtemp(prefix="scmflow-bench-mux-"))
+    options = ssh_base(cluster, mux)
+    try:
+        for host in hosts:
+            subprocess.run(["ssh", *options, "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
+                            "-fN", f"root@{host.address}"], check=True)
+        yield options
+    finally:
+        for host in hosts:
+            subprocess.run(["ssh", *options, "-O", "exit", f"root@{host.address}"], capture_output=True)
+        shutil.rmtree(mux, ignore_errors=True)
+
+
+def empty_upgrade_dirs(hosts: Sequence[TestHost]) -> None:
+    """Remove everything sent to the hosts' /opt/upgrade and /opt/backup."""
+    for host in hosts:
+        for key in ("/opt/upgrade", "/opt/backup"):
+            for child in host.opt_dirs[key].iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+# --------------------------------------------------------------------------- 1, 2: package send
+
+
+def host_pairs(hosts: Sequence[TestHost], topology: Topology, catalog: Catalog) -> dict[str, list[Pair]]:
+    """Every service of the topology on every host, as plan pairs."""
+    return {
+        h.address: [Pair(h.address, s, catalog.get(s).printed, OLD, NEW, ()) for s in topology.services]
+        for h in hosts
+    }
+
+
+def time_distribute(
+    sessions: dict[str, Session], pairs: dict[str, list[Pair]], release: Release, repeat: int
+) -> float:
+    """Median time of distribute() into a fresh upgrade dir (connections already open)."""
+    hosts = list(pairs)
+    runs = iter(range(repeat))
+
+    def send() -> None:
+        n = next(runs)
+        layout = RemoteLayout(
+            install_path="/opt/sequoiacm", install_user="scmadmin",
+            upgrade_dir=f"/opt/upgrade/bench/send-{n}", backup_dir=f"/opt/backup/bench/send-{n}",
+        )
+        distribute(
+            {h: sessions[h] for h in hosts}, pairs, release, layout,
+            login_users=dict.fromkeys(hosts, "root"), fresh=True, parallel=16,
+            on_host_start=lambda host: None,
+        )
+
+    return median_time(send, repeat)
+
+
+def time_scp(options: list[str], files: dict[str, list[Path]], repeat: int) -> float:
+    """Median time of `ssh mkdir` then one scp per host, all hosts at once, into a fresh directory."""
+    timings = []
+    for n in range(repeat):
+        target = f"/opt/upgrade/scp-{n}"
+        started = time.monotonic()
+        copies = [
+            subprocess.Popen(
+                f"ssh {shlex.join(options)} root@{host} 'mkdir -p {target}' && "
+                f"scp -q {shlex.join(options)} {shlex.join(map(str, paths))} root@{host}:{target}/",
+                shell=True,
+            )
+            for host, paths in files.items()
+        ]
+        if any(c.wait() != 0 for c in copies):
+            raise SystemExit("bench: scp failed")
+        timings.append(time.monotonic() - started)
+    return statistics.median(timings)
+
+
+def measure_sends(
+    cluster: TestCluster, hosts: Sequence[TestHost], releases: Releases, work: Path, repeat: int
+) -> tuple[float, float]:
+    """(scmflow, scp) median seconds to send every host the big release's packages."""
+    catalog = load_catalog()
+    topology = full_topology(catalog)
+    release = load_release(releases.big, catalog, topology.services, work_dir=work / "big-nonservice")
+    pairs = host_pairs(hosts, topology, catalog)
+    files = {h: sorted({release.package_for(p.service).path for p in ps}) for h, ps in pairs.items()}
+    options = SSHOptions(
+        known_hosts=(cluster.known_hosts,), key_filenames=(cluster.client_key,), use_agent=False
+    )
+    sessions = connect_all([SSHTarget(h.address) for h in hosts], options)
+    try:
+        ours = time_distribute(sessions, pairs, release, repeat)
+    finally:
+        for session in sessions.values():
+            session.close()
+    empty_upgrade_dirs(hosts)
+    with ssh_masters(cluster, hosts) as ssh_options:
+        theirs = time_scp(ssh_options, files, repeat)
+    empty_upgrade_dirs(hosts)
+    return ours, theirs
+
+
+# --------------------------------------------------------------------------- 3: full upgrade
+
+
+def baseline_plan(hosts: Sequence[TestHost], topology: Topology, release: Release, catalog: Catalog) -> str:
+    """bench/baseline.sh's plan: one line per pair, stage by stage (service by service)."""
+    lines = []
+    for index, service in enumerate(catalog.ordered()):
+        if service.name not in topology.services:
+            continue
+        nodes = [n for n in topology.nodes_of(service.name) if n.running]
+        ports = " ".join(str(n.port) for n in nodes if n.port is not None)
+        daemon = "1" if any(n.port is None for n in nodes) else "0"
+        for host in hosts:
+            fields = [
+                f"{index:02d}", host.address, service.name, service.dir, service.ctl or "",
+                " ".join(service.stop_args), ports, daemon, str(release.package_for(service.name).path),
+                " ".join(service.replace), service.version_file, NEW,
+            ]
+            lines.append("|".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def run_baseline(s: Scenario, plan: Path, parallel: int) -> float:
+    """Seconds bench/baseline.sh takes; it must succeed."""
+    argv = ["bash", str(BASELINE), str(plan), str(parallel), str(s.cluster.client_key),
+            str(s.cluster.known_hosts)]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise SystemExit(f"bench: baseline failed ({done.returncode}):\n{output}")
+    return seconds
+
+
+def time_upgrade(
+    s: Scenario, topology: Topology, parallel: int, repeat: int
+) -> tuple[float, float, list[int]]:
+    """Median wall and scm.py CPU seconds of an unattended upgrade; SSH connections per host."""
+    times = []
+    cpu = []
+    connections: list[int] = []
+    for _ in range(repeat):
+        reinstall(s, topology)
+        before = [h.accepted_connections() for h in s.cluster.hosts]
+        run = scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)))
+        connections = [h.accepted_connections() - b for h, b in zip(s.cluster.hosts, before, strict=True)]
+        check_upgraded(s, topology)
+        times.append(run.seconds)
+        cpu.append(run.cpu_seconds)
+    return statistics.median(times), statistics.median(cpu), connections
+
+
+def time_baseline(s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int) -> float:
+    """Median seconds of bench/baseline.sh from a fresh 3.1.2 install."""
+    times = []
+    for _ in range(repeat):
+        reinstall(s, topology)
+        times.append(run_baseline(s, plan, parallel))
+        check_upgraded(s, topology)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- 4: check + plan
+
+
+def time_check(s: Scenario, repeat: int) -> tuple[float, float]:
+    """Median wall and scm.py CPU seconds of `--dry-run` (connect, check, plan, print)."""
+    runs = [scm_ok(s, s.upgrade_args(NEW, "--dry-run")) for _ in range(repeat)]
+    return statistics.median(r.seconds for r in runs), statistics.median(r.cpu_seconds for r in runs)
+
+
+# --------------------------------------------------------------------------- 5: memory
+
+
+def peak_rss(s: Scenario, parallel: int) -> float:
+    """Peak RSS (MB) of scm.py upgrading the scenario's hosts from a fresh lean install."""
+    reinstall(s, lean_topology())
+    run = scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)))
+    check_upgraded(s, lean_topology())
+    return run.max_rss_mb
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hosts", type=int, default=8, help="H, the hosts of every figure but memory")
+    parser.add_argument("--memory-hosts", type=int, default=32, help="M, the larger memory run (0: skip)")
+    parser.add_argument("--pad-mb", type=int, default=200, help="size of the release sent by send_*")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per send and check figure")
+    parser.add_argument("--upgrade-repeat", type=int, default=1, help="runs per upgrade figure")
+    parser.add_argument("--keep-root-bashrc", action="store_true", help="log in with /root/.bashrc as it is")
+    parser.add_argument("--only", default="send,upgrade,check,memory", help="figures to measure")
+    return parser.parse_args(argv)
+
+
+def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[Figure]:
+    """Every figure asked for, in order; each is printed to stderr as soon as it is known."""
+    only = set(args.only.split(","))
+    h = args.hosts
+    hosts = cluster.hosts[:h]
+    releases = build_releases(work, args.pad_mb if "send" in only else 0)
+    note(f"releases built in {work / 'releases'}")
+    figures: list[Figure] = []
+
+    def add(figure: Figure) -> None:
+        figures.append(figure)
+        note(figure.line())
+
+    if "send" in only:
+        ours, theirs = measure_sends(cluster, hosts[:1], releases, work, args.repeat)
+        add(Figure("send_1_host", ours, theirs, ("scmflow", "scp"), 1.5))
+        ours, theirs = measure_sends(cluster, hosts, releases, work, args.repeat)
+        add(Figure(f"send_{h}_hosts", ours, theirs, ("scmflow", f"{h} x scp"), 1.5))
+    catalog = load_catalog()
+    topology = full_topology(catalog)
+    full = scenario(subset(cluster, h), releases, work / "full")
+    if "check" in only:
+        reinstall(full, topology)
+        one = scenario(subset(cluster, 1), releases, work / "one")
+        (many, many_cpu), (single, single_cpu) = time_check(full, args.repeat), time_check(one, args.repeat)
+        add(Figure(f"check_{h}_vs_1", many, single, (f"{h} hosts", "1 host"), 2.0,
+                   detail=f"scm.py's own CPU {many_cpu:.2f} s vs {single_cpu:.2f} s"))
+    if "upgrade" in only:
+        release = load_release(releases.new, catalog, topology.services, work_dir=work / "new-nonservice")
+        plan = work / "baseline.plan"
+        plan.write_text(baseline_plan(hosts, topology, release, catalog))
+        base_1 = time_baseline(full, topology, plan, 1, args.upgrade_repeat)
+        ours_1, cpu_1, connections = time_upgrade(full, topology, 1, args.upgrade_repeat)
+        add(Figure("upgrade_p1", ours_1, base_1, ("scmflow --parallel 1", "baseline"), 1.3,
+                   detail=f"scm.py's own CPU {cpu_1:.2f} s"))
+        note(f"SSH connections per host during one upgrade run: {connections}")
+        ours_h, cpu_h, _ = time_upgrade(full, topology, h, args.upgrade_repeat)
+        add(Figure(f"upgrade_p{h}", ours_h, base_1, (f"scmflow --parallel {h}", "baseline"), 0.35,
+                   detail=f"scm.py's own CPU {cpu_h:.2f} s"))
+        base_h = time_baseline(full, topology, plan, h, args.upgrade_repeat)
+        add(Figure(f"upgrade_p{h}_vs_baseline_p{h}", ours_h, base_h,
+                   (f"scmflow --parallel {h}", f"baseline {h} at a time"), None))
+        # what running H pairs at once buys even a script with no overhead, on this machine
+        add(Figure(f"baseline_p{h}_vs_p1", base_h, base_1,
+                   (f"baseline {h} at a time", "one at a time"), None))
+    if "memory" in only and args.memory_hosts:
+        m = args.memory_hosts
+        small = peak_rss(scenario(subset(cluster, h), releases, work / "mem-small"), h)
+        large = peak_rss(scenario(subset(cluster, m), releases, work / "mem-large"), m)
+        add(Figure(f"memory_{m}_vs_{h}", large, small, (f"{m} hosts", f"{h} hosts"), m / h, unit="MB"))
+    return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Bring up the hosts, measure, print the figures; 1 when a target was missed."""
+    args = parse_args(argv)
+    reason = missing_prerequisite()
+    if reason is not None:
+        print(f"bench: test hosts cannot run here: {reason}", file=sys.stderr)
+        return 2
+    count = max(args.hosts, args.memory_hosts if "memory" in args.only else 0)
+    work = Path(tempfile.mkdtemp(prefix="scmflow-bench-"))
+    work.chmod(0o755)
+    note(f"starting {count} test hosts")
+    cluster = start_cluster(count)
+    try:
+        if not args.keep_root_bashrc:
+            use_stock_bashrc(cluster)
+        figures = measure(cluster, args, work)
+    finally:
+        for host in cluster.hosts:
+            sandbox.kill_nodes(outer_install(host))
+        cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
+    for figure in figures:
+        print(figure.line())
+    return 1 if any(f.target is not None and f.ratio > f.target for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
