@@ -96,6 +96,23 @@ def note(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot (/proc/stat).
+
+    Test hosts, sshd and the sandbox nodes all run on this machine, so the change over a
+    run is the whole cost of an upgrade on both sides, which the wall time alone hides.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_note(busy: float, seconds: float) -> str:
+    """`machine CPU 5.1 s (85% of 2 cores)`."""
+    cores = os.cpu_count() or 1
+    return f"machine CPU {busy:.1f} s ({busy / (seconds * cores):.0%} of {cores} cores)"
+
+
 def median_time(action: Callable[[], None], repeat: int) -> float:
     """Median wall time of `repeat` calls."""
     times = []
@@ -196,6 +213,7 @@ class Run:
     max_rss_mb: float
     code: int
     output: str
+    machine_cpu: float = 0.0
 
 
 def run_scm(s: Scenario, args: Sequence[str]) -> Run:
@@ -209,16 +227,18 @@ def run_scm(s: Scenario, args: Sequence[str]) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         usage = Path(tmp) / "usage"
         argv = [TIME, "-f", "%M %U %S", "-o", str(usage), sys.executable, str(SCM), *args]
+        busy = machine_cpu_seconds()
         started = time.monotonic()
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, cwd=s.work,
         )
         seconds = time.monotonic() - started
+        busy = machine_cpu_seconds() - busy
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
         rss_kb, user, system = usage.read_text().split("\n")[-2].split()
     output = done.stdout.decode(errors="replace")
-    return Run(seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output)
+    return Run(seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output, busy)
 
 
 def scm_ok(s: Scenario, args: Sequence[str]) -> Run:
@@ -359,25 +379,29 @@ def baseline_plan(hosts: Sequence[TestHost], topology: Topology, release: Releas
     return "\n".join(lines) + "\n"
 
 
-def run_baseline(s: Scenario, plan: Path, parallel: int) -> float:
-    """Seconds bench/baseline.sh takes; it must succeed."""
+def run_baseline(s: Scenario, plan: Path, parallel: int) -> tuple[float, float]:
+    """Seconds bench/baseline.sh takes and the machine CPU seconds it costs; it must succeed."""
     argv = ["bash", str(BASELINE), str(plan), str(parallel), str(s.cluster.client_key),
             str(s.cluster.known_hosts)]
+    busy = machine_cpu_seconds()
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.monotonic() - started
+    busy = machine_cpu_seconds() - busy
     if done.returncode != 0:
         output = done.stdout[-2000:] + done.stderr[-2000:]
         raise SystemExit(f"bench: baseline failed ({done.returncode}):\n{output}")
-    return seconds
+    return seconds, busy
 
 
 def time_upgrade(
     s: Scenario, topology: Topology, parallel: int, repeat: int
-) -> tuple[float, float, list[int]]:
-    """Median wall and scm.py CPU seconds of an unattended upgrade; SSH connections per host."""
+) -> tuple[float, float, list[int], float]:
+    """Median wall and scm.py CPU seconds of an unattended upgrade; SSH connections per host;
+    median machine CPU seconds."""
     times = []
     cpu = []
+    busy = []
     connections: list[int] = []
     for _ in range(repeat):
         reinstall(s, topology)
@@ -387,26 +411,36 @@ def time_upgrade(
         check_upgraded(s, topology)
         times.append(run.seconds)
         cpu.append(run.cpu_seconds)
-    return statistics.median(times), statistics.median(cpu), connections
+        busy.append(run.machine_cpu)
+    return statistics.median(times), statistics.median(cpu), connections, statistics.median(busy)
 
 
-def time_baseline(s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int) -> float:
-    """Median seconds of bench/baseline.sh from a fresh 3.1.2 install."""
+def time_baseline(
+    s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int
+) -> tuple[float, float]:
+    """Median seconds and machine CPU seconds of bench/baseline.sh from a fresh 3.1.2 install."""
     times = []
+    busy = []
     for _ in range(repeat):
         reinstall(s, topology)
-        times.append(run_baseline(s, plan, parallel))
+        seconds, cpu = run_baseline(s, plan, parallel)
+        times.append(seconds)
+        busy.append(cpu)
         check_upgraded(s, topology)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(busy)
 
 
 # --------------------------------------------------------------------------- 4: check + plan
 
 
-def time_check(s: Scenario, repeat: int) -> tuple[float, float]:
-    """Median wall and scm.py CPU seconds of `--dry-run` (connect, check, plan, print)."""
+def time_check(s: Scenario, repeat: int) -> tuple[float, float, float]:
+    """Median wall, scm.py CPU and machine CPU seconds of `--dry-run` (connect, check, plan, print)."""
     runs = [scm_ok(s, s.upgrade_args(NEW, "--dry-run")) for _ in range(repeat)]
-    return statistics.median(r.seconds for r in runs), statistics.median(r.cpu_seconds for r in runs)
+    return (
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu_seconds for r in runs),
+        statistics.median(r.machine_cpu for r in runs),
+    )
 
 
 # --------------------------------------------------------------------------- 5: memory
@@ -462,24 +496,28 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
     if "check" in only:
         reinstall(full, topology)
         one = scenario(subset(cluster, 1), releases, work / "one")
-        (many, many_cpu), (single, single_cpu) = time_check(full, args.repeat), time_check(one, args.repeat)
+        many, many_cpu, many_busy = time_check(full, args.repeat)
+        single, single_cpu, single_busy = time_check(one, args.repeat)
         add(Figure(f"check_{h}_vs_1", many, single, (f"{h} hosts", "1 host"), 2.0,
-                   detail=f"scm.py's own CPU {many_cpu:.2f} s vs {single_cpu:.2f} s"))
+                   detail=f"scm.py's own CPU {many_cpu:.2f} s vs {single_cpu:.2f} s; "
+                          f"{cpu_note(many_busy, many)} vs {cpu_note(single_busy, single)}"))
     if "upgrade" in only:
         release = load_release(releases.new, catalog, topology.services, work_dir=work / "new-nonservice")
         plan = work / "baseline.plan"
         plan.write_text(baseline_plan(hosts, topology, release, catalog))
-        base_1 = time_baseline(full, topology, plan, 1, args.upgrade_repeat)
-        ours_1, cpu_1, connections = time_upgrade(full, topology, 1, args.upgrade_repeat)
+        base_1, base_1_busy = time_baseline(full, topology, plan, 1, args.upgrade_repeat)
+        ours_1, cpu_1, connections, ours_1_busy = time_upgrade(full, topology, 1, args.upgrade_repeat)
         add(Figure("upgrade_p1", ours_1, base_1, ("scmflow --parallel 1", "baseline"), 1.3,
-                   detail=f"scm.py's own CPU {cpu_1:.2f} s"))
+                   detail=f"scm.py's own CPU {cpu_1:.2f} s; "
+                          f"{cpu_note(ours_1_busy, ours_1)} vs {cpu_note(base_1_busy, base_1)}"))
         note(f"SSH connections per host during one upgrade run: {connections}")
-        ours_h, cpu_h, _ = time_upgrade(full, topology, h, args.upgrade_repeat)
+        ours_h, cpu_h, _, ours_h_busy = time_upgrade(full, topology, h, args.upgrade_repeat)
         add(Figure(f"upgrade_p{h}", ours_h, base_1, (f"scmflow --parallel {h}", "baseline"), 0.35,
-                   detail=f"scm.py's own CPU {cpu_h:.2f} s"))
-        base_h = time_baseline(full, topology, plan, h, args.upgrade_repeat)
+                   detail=f"scm.py's own CPU {cpu_h:.2f} s; {cpu_note(ours_h_busy, ours_h)}"))
+        base_h, base_h_busy = time_baseline(full, topology, plan, h, args.upgrade_repeat)
         add(Figure(f"upgrade_p{h}_vs_baseline_p{h}", ours_h, base_h,
-                   (f"scmflow --parallel {h}", f"baseline {h} at a time"), None))
+                   (f"scmflow --parallel {h}", f"baseline {h} at a time"), None,
+                   detail=f"{cpu_note(ours_h_busy, ours_h)} vs {cpu_note(base_h_busy, base_h)}"))
         # what running H pairs at once buys even a script with no overhead, on this machine
         add(Figure(f"baseline_p{h}_vs_p1", base_h, base_1,
                    (f"baseline {h} at a time", "one at a time"), None))

@@ -1,16 +1,17 @@
 """The remote steps of a pair (backup, replace, restart, verify, restore, abandon).
 
-Each step is one call of the host agent, which makes it idempotent on the host; this
-module only builds the agent's spec from the plan and the run's remote layout.
+Each step is one request to the host's serving agent, which makes it idempotent on the
+host; this module only builds the agent's spec from the plan and the run's remote layout.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scmflow.agentcall import call_agent
+from scmflow.agentcall import AgentLink
 from scmflow.catalog import Catalog
 from scmflow.plan import Pair
 from scmflow.remote import Session
@@ -73,6 +74,10 @@ class HostActions:
         self.catalog = catalog
         self.packages = packages
         self.on_node_start = on_node_start
+        self._link = AgentLink(session, user=layout.install_user, java_home=java_home or None)
+        # Pairs whose last step in this process was a replace that stopped every node.
+        self._stopped_by_replace: set[tuple[str, str]] = set()
+        self._guard = threading.Lock()
 
     def __call__(self, action: str, pair: Pair) -> Mapping[str, Any]:
         """Perform `action` for `pair`; the agent's result, for the status file."""
@@ -88,16 +93,18 @@ class HostActions:
             raise ValueError(f"no such action '{action}'")
         spec, timeout = build[action](pair)
         spec["lock_path"] = self.layout.lock_path
-        reply = call_agent(
-            self.session,
-            action,
-            spec,
-            user=self.layout.install_user,
-            java_home=self.java_home,
-            timeout=timeout,
-        )
+        with self._guard:
+            self._stopped_by_replace.discard(pair.key)
+        reply = self._link.call(action, spec, timeout=timeout)
+        if action == "replace":
+            with self._guard:
+                self._stopped_by_replace.add(pair.key)
         reply.pop("ok", None)
         return reply
+
+    def close(self) -> None:
+        """Let the host's serving agent end."""
+        self._link.close()
 
     def _base(self, pair: Pair) -> dict[str, Any]:
         return {
@@ -131,6 +138,11 @@ class HostActions:
             daemon=pair.daemon_running,
             timeout=self.layout.start_timeout,
         )
+        with self._guard:
+            if pair.key in self._stopped_by_replace:
+                # The replace just confirmed every node down and the run lock keeps other
+                # runs off, so the agent need not list the nodes again before starting them.
+                spec["nodes_down"] = True
         return spec, self._start_timeout(pair)
 
     def _verify(self, pair: Pair) -> tuple[dict[str, Any], float]:

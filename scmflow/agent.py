@@ -4,6 +4,8 @@ The control machine runs this very file on a host as
 `python3 -c BOOT PAYLOAD OP SPEC-JSON` (see `agent_argv`), as the install user with
 JAVA_HOME in the environment. It prints one JSON object on its last stdout line:
 `{"ok": true, ...}` with exit status 0, or `{"ok": false, "error", "step"}` with 1.
+With `--serve` instead of OP and SPEC (`serve_argv`) it answers one request line
+(`{"op", "spec"}`) after another with one such reply line each, until stdin ends.
 
 Hosts may carry Python as old as 3.6, so this file is standard library only, imports
 nothing from scmflow, and its annotations use `typing` generics (3.6 evaluates them).
@@ -36,6 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 # ---------------------------------------------------------------- control side
 
+SERVE = "--serve"
 _BOOT = (
     "import sys,zlib,base64;g={'__name__':'scmflow_agent'};"
     "exec(zlib.decompress(base64.b64decode(sys.argv[1])),g);"
@@ -46,6 +49,16 @@ _BOOT = (
 def agent_argv(op: str, spec: Dict[str, Any]) -> List[str]:
     """The argv that runs `op` with `spec` on a host: python3 with this file inlined."""
     return ["python3", "-c", _BOOT, _payload(), op, json.dumps(spec, sort_keys=True)]
+
+
+def serve_argv() -> List[str]:
+    """The argv of a long-lived agent that reads requests on stdin (see `serve`)."""
+    return ["python3", "-c", _BOOT, _payload(), SERVE]
+
+
+def request_line(op: str, spec: Dict[str, Any]) -> bytes:
+    """One request for a serving agent."""
+    return (json.dumps({"op": op, "spec": spec}, sort_keys=True) + "\n").encode()
 
 
 @functools.lru_cache(maxsize=1)
@@ -465,8 +478,9 @@ def stop_service(ctx: Ctx) -> Dict[str, Any]:
         return {"stopped": []}
     svc = ctx.service()
     done = run_command(ctx, [ctl_path(ctx)] + list(svc["stop_args"]), check=False)
-    if done.code == 0:
-        wait_for(lambda: not any(pid_alive(p) for p in before.values()), _STOP_WAIT)
+    if done.code == 0 and wait_for(lambda: not any(pid_alive(p) for p in before.values()), _STOP_WAIT):
+        # Every node the listing showed is gone and the stop succeeded: no second listing.
+        return {"stopped": sorted(before)}
     still = running_ports(ctx)
     if still:
         names = ", ".join(f"{svc['printed']}({port}) pid {pid}" for port, pid in sorted(still.items()))
@@ -489,15 +503,20 @@ def _stop_daemon(ctx: Ctx) -> Dict[str, Any]:
     return {"stopped": ["daemon"]}
 
 
-def start_service(ctx: Ctx, ports: List[int], daemon: bool, timeout: float) -> Dict[str, Any]:
-    """Start exactly the given nodes (and the daemon), skipping those already running."""
+def start_service(
+    ctx: Ctx, ports: List[int], daemon: bool, timeout: float, nodes_down: bool = False
+) -> Dict[str, Any]:
+    """Start exactly the given nodes (and the daemon), skipping those already running.
+
+    `nodes_down`: the caller knows no node of the service runs, so none is listed first.
+    """
     svc = ctx.service()
     started: List[int] = []
     already: List[int] = []
     if ports:
         if not has_ctl(ctx):
             raise Failure(f"cannot start {svc['printed']}: {ctl_path(ctx)} is missing", "start")
-        running = running_ports(ctx)
+        running = {} if nodes_down else running_ports(ctx)
         for port in ports:
             if port in running:
                 already.append(port)
@@ -937,7 +956,9 @@ def op_restart(ctx: Ctx) -> Dict[str, Any]:
     """Start exactly the nodes that ran before the upgrade."""
     spec = ctx.spec
     ports = [int(p) for p in spec.get("ports") or []]
-    return start_service(ctx, ports, bool(spec.get("daemon")), float(spec.get("timeout") or 300))
+    return start_service(
+        ctx, ports, bool(spec.get("daemon")), float(spec.get("timeout") or 300), bool(spec.get("nodes_down"))
+    )
 
 
 def op_verify(ctx: Ctx) -> Dict[str, Any]:
@@ -1138,34 +1159,66 @@ def hold_step_lock(ctx: Ctx, op: str) -> Optional[int]:
 
 
 def main(argv: List[str]) -> int:
-    """Run one op; print its JSON reply as the last stdout line; 0 on success, 1 on failure."""
+    """Run one op, or serve requests; print each JSON reply on its own stdout line.
+
+    One op (`OP SPEC-JSON`) exits 0 on success, 1 on failure. `--serve` answers one
+    request line (`{"op", "spec"}`) after another until stdin ends, then exits 0.
+    """
+    if argv == [SERVE]:
+        return serve(sys.stdin.buffer, sys.stdout)
+    if len(argv) != 2:
+        reply = {"ok": False, "error": "usage: agent OP SPEC-JSON | agent --serve", "step": "args"}
+    else:
+        reply = run_op(argv[0], argv[1])
+    sys.stdout.write("\n" + json.dumps(reply, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0 if reply["ok"] else 1
+
+
+def serve(requests: Any, replies: Any) -> int:
+    """Answer request lines from `requests` on `replies` until end of input."""
+    while True:
+        line = requests.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op, spec = request["op"], request["spec"]
+        except (ValueError, TypeError, KeyError):
+            reply: Dict[str, Any] = {"ok": False, "error": "malformed request line", "step": "args"}
+        else:
+            reply = run_op(op, spec)
+        replies.write(json.dumps(reply, sort_keys=True) + "\n")
+        replies.flush()
+
+
+def run_op(op: str, raw: Any) -> Dict[str, Any]:
+    """Run one op on a spec (a dict or its JSON text); the reply, `ok` true or false."""
     ctx: Optional[Ctx] = None
+    lock: Optional[int] = None
     try:
-        if len(argv) != 2:
-            raise Failure("usage: agent OP SPEC-JSON", "args")
-        op, raw = argv
         handler = _OPS.get(op)
         if handler is None:
             raise Failure(f"unknown op '{op}'", "args")
-        spec = json.loads(raw)
+        spec = json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(spec, dict):
             raise Failure("the spec is not a JSON object", "args")
         ctx = Ctx(spec)
-        hold_step_lock(ctx, op)
+        lock = hold_step_lock(ctx, op)
         ctx.step = op
         reply: Dict[str, Any] = {"ok": True}
         reply.update(handler(ctx))
-        code = 0
     except Failure as exc:
         reply = {"ok": False, "error": one_line(exc.message), "step": exc.step or _step(ctx)}
-        code = 1
     except BaseException as exc:  # noqa: B036 - the control machine must always get a reply
         message = one_line(f"{type(exc).__name__}: {exc}")
         reply = {"ok": False, "error": message, "step": _step(ctx), "trace": traceback.format_exc()}
-        code = 1
-    sys.stdout.write("\n" + json.dumps(reply, sort_keys=True) + "\n")
-    sys.stdout.flush()
-    return code
+    finally:
+        if lock is not None:
+            os.close(lock)
+    return reply
 
 
 def _step(ctx: Optional[Ctx]) -> str:

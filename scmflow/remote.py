@@ -14,6 +14,7 @@ import logging
 import os
 import pwd
 import re
+import selectors
 import shlex
 import signal
 import socket
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -56,6 +57,28 @@ class Upload:
     sha256: str | None = None
 
 
+class Stream(Protocol):
+    """A long-running command on a host: its stdin, its stdout read line by line."""
+
+    host: str
+
+    def send(self, data: bytes) -> None:
+        """Write to the command's stdin."""
+        ...
+
+    def read_line(self, timeout: float) -> bytes:
+        """The next stdout line; RemoteTimeout after `timeout` s, StreamEnded at its end."""
+        ...
+
+    def close(self) -> None:
+        """End the command's stdin and let it go (idempotent)."""
+        ...
+
+
+class StreamEnded(RemoteError):
+    """A stream's command closed its stdout; carries its exit code (None if unknown) and stderr."""
+
+
 class Session(Protocol):
     """One host: run argv lists (optionally as another user via sudo) and send files."""
 
@@ -72,6 +95,12 @@ class Session(Protocol):
         stdin: bytes | None = None,
     ) -> CommandResult:
         """Run argv; `user` None = the login user, else via sudo as that user."""
+        ...
+
+    def open_stream(
+        self, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Stream:
+        """Start argv and keep it running: write to its stdin, read its stdout by lines."""
         ...
 
     def put(
@@ -1076,18 +1105,7 @@ class SSHSession:
     ) -> CommandResult:
         """Run argv (quoted with shlex.join) as the login user or, via sudo, as `user`."""
         argv = tuple(argv)
-        if not argv:
-            raise ValueError("empty argv")
-        inner = [*_env_prefix(env), *argv]
-        prefix = b""
-        sudo_user = user if user is not None and user != self.target.user else None
-        password = self.target.password
-        if sudo_user is not None and password and self._sudo_with_password(sudo_user):
-            inner = ["sudo", "-S", "-k", "-p", "", "-u", sudo_user, "-H", "--", *inner]
-            prefix = password.encode() + b"\n"
-        elif sudo_user is not None:
-            inner = ["sudo", "-n", "-u", sudo_user, "-H", "--", *inner]
-        command = shlex.join(inner)
+        command, prefix, sudo_user = self._command(argv, user, env)
         secrets = _secrets_of(self.target.password, env)
         try:
             result = self._execute(argv, command, prefix + (stdin or b""), timeout, secrets)
@@ -1102,6 +1120,50 @@ class SSHSession:
         if check and result.exit_code != 0:
             raise _failed(result, command, secrets)
         return result
+
+    def open_stream(
+        self, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Stream:
+        """Start argv on a channel of its own that stays open until the stream is closed."""
+        argv = tuple(argv)
+        command, prefix, sudo_user = self._command(argv, user, env)
+        secrets = _secrets_of(self.target.password, env)
+        if prefix:
+            # A wrong password would leave sudo waiting for another try on the open stdin:
+            # try it once on a command of its own, which explains a refusal.
+            self.run(["true"], user=user, timeout=self.options.connect_timeout)
+        self._channels.acquire()
+        try:
+            channel = self._open_channel(argv)
+            try:
+                channel.exec_command(command)
+                if prefix:
+                    channel.sendall(prefix)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                channel.close()
+                raise self._connection_error(argv, exc) from None
+        except BaseException:
+            self._channels.release()
+            raise
+        self._log.debug("[%s] $ %s (kept open)", self.host, _redact(command, secrets))
+        return _ChannelStream(self, channel, argv, sudo_user)
+
+    def _command(
+        self, argv: tuple[str, ...], user: str | None, env: Mapping[str, str] | None
+    ) -> tuple[str, bytes, str | None]:
+        """The command line for argv as `user`, what stdin must start with, and the sudo user."""
+        if not argv:
+            raise ValueError("empty argv")
+        inner = [*_env_prefix(env), *argv]
+        prefix = b""
+        sudo_user = user if user is not None and user != self.target.user else None
+        password = self.target.password
+        if sudo_user is not None and password and self._sudo_with_password(sudo_user):
+            inner = ["sudo", "-S", "-k", "-p", "", "-u", sudo_user, "-H", "--", *inner]
+            prefix = password.encode() + b"\n"
+        elif sudo_user is not None:
+            inner = ["sudo", "-n", "-u", sudo_user, "-H", "--", *inner]
+        return shlex.join(inner), prefix, sudo_user
 
     def _sudo_with_password(self, user: str) -> bool:
         """Whether sudo to `user` must be fed the password (probed once per user)."""
@@ -1339,6 +1401,86 @@ class SSHSession:
         self._transport.close()
 
 
+_STREAM_ERR_KEEP = 65536
+# After a stream's stdout ends, how long its exit status may take to arrive.
+_EXIT_WAIT = 5.0
+
+
+class _ChannelStream:
+    """A Stream over one SSH channel of a session; holds one of its channel slots."""
+
+    def __init__(
+        self, session: SSHSession, channel: paramiko.Channel, argv: tuple[str, ...], sudo_user: str | None
+    ) -> None:
+        self.host = session.host
+        self._session = session
+        self._channel = channel
+        self._argv = argv
+        self._sudo_user = sudo_user
+        self._out = bytearray()
+        self._err = bytearray()
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        """Write to the command's stdin."""
+        try:
+            self._channel.sendall(data)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._session._connection_error(self._argv, exc) from None
+
+    def read_line(self, timeout: float) -> bytes:
+        """The next stdout line; RemoteTimeout after `timeout` s, StreamEnded at its end."""
+        deadline = time.monotonic() + timeout
+        self._channel.settimeout(_POLL)
+        while True:
+            cut = self._out.find(b"\n")
+            if cut >= 0:
+                line = bytes(self._out[: cut + 1])
+                del self._out[: cut + 1]
+                return line
+            try:
+                data: bytes | None = self._channel.recv(65536)
+            except TimeoutError:
+                data = None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise self._session._connection_error(self._argv, exc) from None
+            self._drain_stderr()
+            if data == b"":
+                raise self._ended()
+            if data:
+                self._out += data
+            elif time.monotonic() > deadline:
+                raise RemoteTimeout(self.host, f"no answer within {timeout:g} s", argv=self._argv)
+
+    def _drain_stderr(self) -> None:
+        while self._channel.recv_stderr_ready():
+            self._err += self._channel.recv_stderr(65536)
+        del self._err[:-_STREAM_ERR_KEEP]
+
+    def _ended(self) -> RemoteError:
+        self._channel.status_event.wait(_EXIT_WAIT)
+        if not self._channel.exit_status_ready() and not self._session._transport.is_active():
+            return self._session._connection_error(self._argv, None)
+        code = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+        self._drain_stderr()
+        stderr = self._err.decode(errors="replace")
+        if self._sudo_user is not None and code == 1:
+            refusal = _sudo_refusal(stderr, self._session.target.user, self._sudo_user)
+            if refusal is not None:
+                return RemoteError(self.host, refusal, argv=self._argv, exit_code=1)
+        return StreamEnded(self.host, "the command ended", argv=self._argv, exit_code=code, stderr=stderr)
+
+    def close(self) -> None:
+        """Close the channel: the command sees the end of its stdin (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._channel.close()
+        finally:
+            self._session._channels.release()
+
+
 def connect_all(
     targets: Sequence[SSHTarget],
     options: SSHOptions | None = None,
@@ -1393,6 +1535,98 @@ def _group_failures(failures: Sequence[tuple[str, ScmflowError]]) -> str:
 # --------------------------------------------------------------------------- local
 
 
+class _ProcessStream:
+    """A Stream over a local child process."""
+
+    def __init__(self, host: str, process: subprocess.Popen[bytes], argv: tuple[str, ...]) -> None:
+        self.host = host
+        self.closed = False
+        self._process = process
+        self._argv = argv
+        self._out = bytearray()
+        self._err = bytearray()
+        self._selector = selectors.DefaultSelector()
+        assert process.stdout is not None and process.stderr is not None
+        self._selector.register(process.stdout, selectors.EVENT_READ)
+        self._selector.register(process.stderr, selectors.EVENT_READ)
+
+    def send(self, data: bytes) -> None:
+        """Write to the process's stdin."""
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(data)
+            self._process.stdin.flush()
+        except OSError:
+            raise self._ended() from None
+
+    def read_line(self, timeout: float) -> bytes:
+        """The next stdout line; RemoteTimeout after `timeout` s, StreamEnded at its end."""
+        deadline = time.monotonic() + timeout
+        stdout_open = True
+        while True:
+            cut = self._out.find(b"\n")
+            if cut >= 0:
+                line = bytes(self._out[: cut + 1])
+                del self._out[: cut + 1]
+                return line
+            if not stdout_open:
+                raise self._ended()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RemoteTimeout(self.host, f"no answer within {timeout:g} s", argv=self._argv)
+            for key, _ in self._selector.select(min(left, 1.0)):
+                data = os.read(key.fd, 65536)
+                if key.fileobj is self._process.stderr:
+                    self._err += data
+                    del self._err[:-_STREAM_ERR_KEEP]
+                    if not data:
+                        self._selector.unregister(key.fileobj)
+                elif data:
+                    self._out += data
+                else:
+                    stdout_open = False
+
+    def _ended(self) -> StreamEnded:
+        try:
+            code: int | None = self._process.wait(timeout=_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            code = None
+        # what is already in the stderr pipe, without waiting on a child that may hold it open
+        while self._selector.get_map():
+            ready = self._selector.select(0)
+            if not ready:
+                break
+            for key, _ in ready:
+                data = os.read(key.fd, 65536)
+                if key.fileobj is self._process.stderr:
+                    self._err += data
+                if not data:
+                    self._selector.unregister(key.fileobj)
+        return StreamEnded(
+            self.host, "the command ended", argv=self._argv, exit_code=code,
+            stderr=self._err.decode(errors="replace"),
+        )
+
+    def close(self) -> None:
+        """End stdin; a process still busy after a moment is killed with its process group."""
+        if self.closed:
+            return
+        self.closed = True
+        with suppress(OSError):
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+        try:
+            self._process.wait(timeout=_EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            with suppress(OSError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._selector.close()
+        for pipe in (self._process.stdout, self._process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 class LocalSession:
     """The Session protocol on this machine via subprocess (for the demo and tests).
 
@@ -1411,6 +1645,8 @@ class LocalSession:
         self._me = pwd.getpwuid(os.geteuid()).pw_name
         self._aliases = {self._me} | ({install_user} if install_user else set())
         self._log = log or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._streams: list[_ProcessStream] = []
 
     def run(
         self,
@@ -1424,16 +1660,7 @@ class LocalSession:
     ) -> CommandResult:
         """Run argv directly, or via `runuser -u` for another user (root only)."""
         argv = tuple(argv)
-        if not argv:
-            raise ValueError("empty argv")
-        command = list(argv)
-        if user is not None and user not in self._aliases:
-            if os.geteuid() != 0:
-                raise RemoteError(
-                    self.host, f"cannot run commands as {user}: only root can switch users locally",
-                    argv=argv,
-                )
-            command = ["runuser", "-u", user, "--", *command]
+        command = self._as_user(argv, user)
         shown = shlex.join([*_env_prefix(env), *command])
         secrets = _secrets_of(None, env)
         # the environment goes through exec, not argv, so no value shows in the process list
@@ -1453,18 +1680,37 @@ class LocalSession:
             raise _failed(result, shown, secrets)
         return result
 
-    def _spawn(
-        self,
-        command: list[str],
-        environment: dict[str, str] | None,
-        stdin: bytes,
-        timeout: float,
-        argv: tuple[str, ...],
-        shown: str,
-        secrets: Sequence[str],
-    ) -> tuple[int, bytes, bytes]:
+    def open_stream(
+        self, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None
+    ) -> Stream:
+        """Start argv as a child process that runs until the stream is closed."""
+        argv = tuple(argv)
+        command = self._as_user(argv, user)
+        shown = _redact(shlex.join([*_env_prefix(env), *command]), _secrets_of(None, env))
+        self._log.debug("[%s] $ %s (kept open)", self.host, shown)
+        process = self._popen(command, {**os.environ, **env} if env else None, argv)
+        stream = _ProcessStream(self.host, process, argv)
+        with self._lock:
+            self._streams = [s for s in self._streams if not s.closed] + [stream]
+        return stream
+
+    def _as_user(self, argv: tuple[str, ...], user: str | None) -> list[str]:
+        if not argv:
+            raise ValueError("empty argv")
+        if user is None or user in self._aliases:
+            return list(argv)
+        if os.geteuid() != 0:
+            raise RemoteError(
+                self.host, f"cannot run commands as {user}: only root can switch users locally",
+                argv=argv,
+            )
+        return ["runuser", "-u", user, "--", *argv]
+
+    def _popen(
+        self, command: list[str], environment: dict[str, str] | None, argv: tuple[str, ...]
+    ) -> subprocess.Popen[bytes]:
         try:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -1480,6 +1726,18 @@ class LocalSession:
             raise RemoteError(
                 self.host, f"permission denied: {command[0]}", argv=argv, exit_code=126
             ) from None
+
+    def _spawn(
+        self,
+        command: list[str],
+        environment: dict[str, str] | None,
+        stdin: bytes,
+        timeout: float,
+        argv: tuple[str, ...],
+        shown: str,
+        secrets: Sequence[str],
+    ) -> tuple[int, bytes, bytes]:
+        process = self._popen(command, environment, argv)
         try:
             out, err = process.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -1541,4 +1799,8 @@ class LocalSession:
             done += Path(upload.local).stat().st_size
 
     def close(self) -> None:
-        """Nothing to release."""
+        """End the streams still open."""
+        with self._lock:
+            streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.close()

@@ -14,7 +14,7 @@ from scmflow.agentcall import AgentError
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError
 from scmflow.plan import Pair, PlannedNode
-from scmflow.remote import CommandResult
+from scmflow.remote import CommandResult, StreamEnded
 
 CATALOG = load_catalog()
 LAYOUT = RemoteLayout(
@@ -43,39 +43,63 @@ DAEMON = Pair(
 )
 
 
+class FakeStream:
+    """A serving agent's stream: answers each request line with `replies[op]` (default ok).
+
+    A reply without an agent answer in it is followed by the agent's end (exit 1, "err tail").
+    """
+
+    def __init__(self, session: FakeSession, user: str | None, env: Mapping[str, str] | None) -> None:
+        self.host = session.host
+        self.session = session
+        self.user = user
+        self.env = env
+        self.lines: list[bytes | None] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        assert not self.closed
+        request = json.loads(data)
+        op = request["op"]
+        self.session.calls.append(
+            {"op": op, "spec": request["spec"], "user": self.user, "env": self.env, "timeout": None}
+        )
+        text = self.session.replies.get(op, json.dumps({"ok": True, "op": op, "moved": ["jars"]}))
+        self.lines += [line.encode() + b"\n" for line in text.splitlines()]
+        if '"ok"' not in text:
+            self.lines.append(None)
+
+    def read_line(self, timeout: float) -> bytes:
+        call = self.session.calls[-1]
+        if call["timeout"] is None:
+            call["timeout"] = round(timeout, 3)
+        line = self.lines.pop(0)
+        if line is None:
+            raise StreamEnded(self.host, "the command ended", exit_code=1, stderr="err tail")
+        return line
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeSession:
-    """Captures each command and answers like the agent: `replies` by op, default ok."""
+    """Opens FakeStreams; `replies` by op."""
 
     def __init__(self, replies: Mapping[str, str] | None = None) -> None:
         self.host = "h1"
         self.replies = dict(replies or {})
         self.calls: list[dict[str, Any]] = []
+        self.streams: list[FakeStream] = []
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        user: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 600.0,
-        check: bool = True,
-        stdin: bytes | None = None,
-    ) -> CommandResult:
-        op = argv[4]
-        self.calls.append(
-            {
-                "op": op,
-                "spec": json.loads(argv[5]),
-                "user": user,
-                "env": env,
-                "timeout": timeout,
-                "check": check,
-            }
-        )
-        stdout = self.replies.get(op, json.dumps({"ok": True, "op": op, "moved": ["jars"]}))
-        return CommandResult(
-            self.host, tuple(argv), 0 if '"ok": true' in stdout else 1, stdout, "err tail", 0.1
-        )
+    def open_stream(
+        self, argv: Sequence[str], *, user: str | None = None, env: Mapping[str, str] | None = None
+    ) -> FakeStream:
+        assert list(argv)[-1] == "--serve"
+        self.streams.append(FakeStream(self, user, env))
+        return self.streams[-1]
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        raise AssertionError("actions talk to the serving agent only")
 
     def put(self, local: Path, remote: str, *, sha256: str | None = None, progress: Any = None) -> None:
         raise AssertionError("actions send no files")
@@ -97,7 +121,6 @@ def one_call(action: str, pair: Pair = GATEWAY, **kwargs: Any) -> tuple[dict[str
     assert call["op"] == action
     assert call["user"] == "scmadmin"
     assert call["env"] == {"JAVA_HOME": "/opt/jdk"}
-    assert call["check"] is False
     return call, reply
 
 
@@ -226,3 +249,49 @@ def test_without_java_home_no_environment_is_sent() -> None:
     session = FakeSession()
     HostActions(session, layout=LAYOUT, java_home="", catalog=CATALOG, packages=PACKAGES)("backup", GATEWAY)
     assert session.calls[0]["env"] is None
+
+
+def test_steps_of_a_host_share_one_serving_agent_until_it_is_lost() -> None:
+    session = FakeSession({"verify": "Traceback (most recent call last):\n"})
+    host = actions(session)
+    host("backup", GATEWAY)
+    host("replace", GATEWAY)
+    assert len(session.streams) == 1
+    with pytest.raises(RemoteError):
+        host("verify", GATEWAY)
+    # the lost agent's stream is closed and the next step starts a fresh one
+    assert session.streams[0].closed
+    host("restore", GATEWAY)
+    assert len(session.streams) == 2 and not session.streams[1].closed
+    host.close()
+    assert session.streams[1].closed
+
+
+def test_a_failed_step_keeps_the_serving_agent() -> None:
+    session = FakeSession({"backup": json.dumps({"ok": False, "error": "disk full", "step": "copy"})})
+    host = actions(session)
+    with pytest.raises(AgentError):
+        host("backup", GATEWAY)
+    host("abandon", GATEWAY)
+    assert len(session.streams) == 1 and not session.streams[0].closed
+
+
+def test_restart_right_after_this_process_replaced_the_pair_skips_the_listing() -> None:
+    session = FakeSession()
+    host = actions(session)
+    host("restart", GATEWAY)
+    host("replace", GATEWAY)
+    host("restart", GATEWAY)
+    host("restart", GATEWAY)
+    flags = [c["spec"].get("nodes_down") for c in session.calls if c["op"] == "restart"]
+    # a restart on its own (a resume or retry) lists the nodes; so does a second one
+    assert flags == [None, True, None]
+
+
+def test_a_failed_replace_does_not_vouch_for_stopped_nodes() -> None:
+    session = FakeSession({"replace": json.dumps({"ok": False, "error": "still running", "step": "stop"})})
+    host = actions(session)
+    with pytest.raises(AgentError):
+        host("replace", GATEWAY)
+    host("restart", GATEWAY)
+    assert "nodes_down" not in session.calls[-1]["spec"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import fcntl
 import io
 import json
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from scmflow import agent
-from scmflow.agent import agent_argv, parse_agent_output
+from scmflow.agent import agent_argv, parse_agent_output, request_line, serve_argv
 from scmflow.catalog import Catalog, load_catalog
 from scmflow.release import Release, load_release
 from scmflow.sandbox import (
@@ -60,6 +61,41 @@ class World:
     jdk: Path
 
 
+class Server:
+    """A serving agent (`serve_argv`) in a child process, as AgentLink keeps one per host."""
+
+    def __init__(self, python: str, jdk: Path) -> None:
+        argv = serve_argv()
+        argv[0] = python
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "JAVA_HOME": str(jdk)},
+        )
+
+    def send(self, data: bytes) -> dict[str, Any]:
+        """Write raw request bytes; the next reply line."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+        reply = json.loads(self.process.stdout.readline())
+        assert isinstance(reply, dict)
+        return reply
+
+    def call(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """One request; the agent must still be running afterwards."""
+        reply = self.send(request_line(op, spec))
+        assert self.process.poll() is None
+        return reply
+
+    def finish(self) -> tuple[int, str]:
+        """End stdin; the exit code and stderr."""
+        _, err = self.process.communicate(timeout=60)
+        return self.process.returncode, err.decode()
+
+
 @dataclass(frozen=True)
 class Host:
     """One sandbox install: service-center and gateway (one node stopped), content, daemon."""
@@ -72,9 +108,12 @@ class Host:
     gw_stopped: int
     cs: int
     python: str = "python3"
+    server: Server | None = None
 
     def call(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
         """Run the agent exactly as the control machine does; its reply."""
+        if self.server is not None:
+            return self.server.call(op, spec)
         argv = agent_argv(op, spec)
         argv[0] = self.python
         env = {**os.environ, "JAVA_HOME": str(self.world.jdk)}
@@ -147,7 +186,10 @@ class Host:
             self.ok("backup", self.spec(service))
         for _ in range(2 if twice else 1):
             self.ok("replace", self.spec(service, package=self.package(service), new_version=NEW))
-        for _ in range(2 if twice else 1):
+        # The first restart comes right after the replace stopped every node, so it may skip
+        # listing them (as the control side asks then); a repeat must list and skip them.
+        self.ok("restart", self.spec(service, ports=ports, daemon=daemon, timeout=30, nodes_down=True))
+        if twice:
             self.ok("restart", self.spec(service, ports=ports, daemon=daemon, timeout=30))
         for _ in range(2 if twice else 1):
             self.ok("verify", self.spec(service, version=NEW, ports=ports, daemon=daemon))
@@ -274,6 +316,65 @@ def test_bad_requests_fail_with_one_line_and_no_traceback(host: Host) -> None:
     assert broken["error"].startswith("KeyError") and "Traceback" in broken["trace"]
 
 
+def test_a_serving_agent_answers_request_after_request_until_stdin_ends(host: Host) -> None:
+    server = Server("python3", host.world.jdk)
+    pid = server.process.pid
+    paths = [str(host.install), str(host.install / "nope")]
+    assert server.call("exists", {"paths": paths}) == {"ok": True, "exists": [str(host.install)]}
+    bad = server.send(b"not json\n")
+    assert bad == {"ok": False, "error": "malformed request line", "step": "args"}
+    assert server.send(b'{"spec": {}}\n')["error"] == "malformed request line"
+    assert server.call("explode", {})["error"] == "unknown op 'explode'"
+    broken = server.call("probe", {"install_path": str(host.install), "services": [{"name": "x"}]})
+    assert broken["error"].startswith("KeyError") and "Traceback" in broken["trace"]
+    # the same process, still answering after failures
+    assert server.call("exists", {"paths": paths})["exists"] == [str(host.install)]
+    assert server.process.pid == pid
+    code, err = server.finish()
+    assert code == 0 and err == ""
+
+
+def test_a_serving_agent_holds_the_step_lock_only_during_a_step(host: Host, tmp_path: Path) -> None:
+    lock = tmp_path / "locks" / ".agent.lock"
+    server = Server("python3", host.world.jdk)
+    try:
+        assert server.call("backup", host.spec("gateway", lock_path=str(lock)))["already"] is False
+        with lock.open("r+") as mine:
+            # between steps another process (another run's agent) may take it at once
+            fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = server.call("backup", host.spec("gateway", lock_path=str(lock), lock_wait=0.3))
+            assert held["step"] == "step-lock" and f"pid {server.process.pid}" in held["error"]
+        assert server.call("backup", host.spec("gateway", lock_path=str(lock)))["already"] is True
+    finally:
+        assert server.finish()[0] == 0
+
+
+def _log_ctl_calls(ctl: Path, log: Path) -> None:
+    """Put a shim in front of a ctl script that appends each call's arguments to `log`."""
+    real = ctl.with_name(ctl.name + ".real")
+    ctl.rename(real)
+    ctl.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    ctl.chmod(0o755)
+
+
+def test_a_clean_stop_lists_nodes_once_and_nodes_down_skips_the_listing(host: Host, tmp_path: Path) -> None:
+    log = tmp_path / "ctl-calls"
+    _log_ctl_calls(host.install / "sequoiacm-cloud" / "bin" / "scmcloudctl.sh", log)
+    host.ok("backup", host.spec("gateway"))
+    stopped = host.ok("replace", host.spec("gateway", package=host.package("gateway"), new_version=NEW))
+    assert stopped["stopped"] == [host.gw]
+    # the listing, then the stop: all listed pids gone, so no listing to confirm it
+    assert log.read_text().splitlines() == ["list -m local", "stop -t gateway"]
+    log.unlink()
+    _log_ctl_calls(host.install / "sequoiacm-cloud" / "bin" / "scmcloudctl.sh", log)
+    spec = host.spec("gateway", ports=[host.gw], daemon=False, timeout=30)
+    assert host.ok("restart", dict(spec, nodes_down=True))["started"] == [host.gw]
+    assert log.read_text().splitlines() == [f"start --timeout 30 -p {host.gw}"]
+    # without the flag the agent lists first and leaves a running node alone
+    assert host.ok("restart", spec)["already_running"] == [host.gw]
+    assert log.read_text().splitlines()[1:] == ["list -m local"]
+
+
 def test_agent_source_stays_python36_compatible() -> None:
     source = Path(agent.__file__).read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 6))
@@ -377,12 +478,24 @@ def test_probe_refuses_two_versions_of_one_service(host: Host) -> None:
 # ---------------------------------------------------------------- upgrade and restore
 
 
-@pytest.mark.parametrize("python", ["python3", str(PY36)], ids=["default", "py36"])
-def test_upgrade_then_restore_round_trip(world: World, tmp_path: Path, python: str) -> None:
+@pytest.mark.parametrize(
+    ("python", "serve"),
+    [("python3", False), (str(PY36), False), ("python3", True), (str(PY36), True)],
+    ids=["default", "py36", "serving", "serving-py36"],
+)
+def test_upgrade_then_restore_round_trip(world: World, tmp_path: Path, python: str, serve: bool) -> None:
     if python == str(PY36) and not PY36.exists():
         pytest.skip("no Python 3.6 on this machine")
     with _running_host(world, tmp_path, python) as host:
-        _round_trip(host)
+        if not serve:
+            _round_trip(host)
+            return
+        server = Server(python, world.jdk)
+        try:
+            _round_trip(dataclasses.replace(host, server=server))
+        finally:
+            code, err = server.finish()
+        assert code == 0 and "Traceback" not in err
 
 
 def _round_trip(host: Host) -> None:

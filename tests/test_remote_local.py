@@ -20,6 +20,7 @@ from scmflow.remote import (
     SSHOptions,
     SSHSession,
     SSHTarget,
+    StreamEnded,
     check_host_key,
     find_known_keys,
     fingerprint,
@@ -135,6 +136,58 @@ def test_command_lines_are_logged_with_secrets_redacted(caplog: pytest.LogCaptur
     assert "$ env DB_PASSWORD=****** printenv DB_PASSWORD -> exit 0" in text
     assert "stdout: ******" in text
     assert "hunter2-secret" not in text
+
+
+def test_stream_answers_line_by_line_and_reports_its_end() -> None:
+    session = LocalSession()
+    script = 'while read -r line; do echo "got $line"; done; echo bye >&2; exit 4'
+    stream = session.open_stream(["sh", "-c", script])
+    stream.send(b"one\ntwo\n")
+    assert stream.read_line(10) == b"got one\n"
+    assert stream.read_line(10) == b"got two\n"
+    stream.send(b"three\n")
+    assert stream.read_line(10) == b"got three\n"
+    stream.close()
+    session.close()
+
+
+def test_stream_end_carries_exit_code_and_stderr() -> None:
+    stream = LocalSession().open_stream(["sh", "-c", "echo partial; echo oops >&2; exit 3"])
+    assert stream.read_line(10) == b"partial\n"
+    with pytest.raises(StreamEnded) as ended:
+        stream.read_line(10)
+    assert ended.value.remote_exit_code == 3 and ended.value.stderr == "oops\n"
+    stream.close()
+
+
+def test_stream_read_past_its_timeout_and_close_of_a_busy_command(tmp_path: Path) -> None:
+    session = LocalSession()
+    child = tmp_path / "child"
+    stream = session.open_stream(["sh", "-c", f"sleep 300 & echo $! > {child}; wait"])
+    started = time.monotonic()
+    with pytest.raises(RemoteTimeout, match="no answer within 0.3 s"):
+        stream.read_line(0.3)
+    assert time.monotonic() - started < 5
+    # closing the session ends the stream; a command that ignores its stdin is killed
+    session.close()
+    assert stream.closed
+    stat_file = Path(f"/proc/{int(child.read_text())}/stat")
+    # gone, or a zombie left for init to reap
+    assert not stat_file.exists() or stat_file.read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def test_stream_of_a_missing_program_is_a_remote_error() -> None:
+    with pytest.raises(RemoteError, match="command not found: no-such-program-x"):
+        LocalSession().open_stream(["no-such-program-x"])
+
+
+def test_stream_as_another_user_runs_through_runuser_when_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    stream = LocalSession().open_stream(["sh", "-c", "read -r x; id -un"], user="nobody")
+    stream.send(b"go\n")
+    assert stream.read_line(10) == b"nobody\n"
+    stream.close()
 
 
 # --------------------------------------------------------------------------- targets and options

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from scmflow.errors import HostKeyError, RemoteError, RemoteTimeout, ScmflowError
-from scmflow.remote import SSHOptions, SSHSession, SSHTarget, connect_all
+from scmflow.remote import SSHOptions, SSHSession, SSHTarget, StreamEnded, connect_all
 from tests.hosts import TestCluster, TestHost
 
 pytestmark = pytest.mark.e2e
@@ -187,6 +187,67 @@ def test_command_past_its_timeout_is_a_remote_timeout(cluster3: TestCluster, tmp
         assert time.monotonic() - started < 10
         assert str(info.value) == f"[{host.address}] command did not finish within 1 s: sleep 30"
         assert session.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+ECHO = 'echo "as $(id -un) with $WHO"; while read -r line; do echo "got $line"; done; echo done >&2; exit 5'
+
+
+def test_stream_through_sudo_with_password_keeps_the_password_off_its_input(
+    cluster3: TestCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    host = cluster3.hosts[0]
+    with SSHSession.connect(_ops(cluster3, host), _options(cluster3, tmp_path)) as session:
+        stream = session.open_stream(["sh", "-c", ECHO], user="scmadmin", env={"WHO": "a stream"})
+        assert stream.read_line(10) == b"as scmadmin with a stream\n"
+        stream.send(b"one\n")
+        assert stream.read_line(10) == b"got one\n"
+        stream.send(b"two\nthree\n")
+        assert [stream.read_line(10), stream.read_line(10)] == [b"got two\n", b"got three\n"]
+        stream.close()
+        stream.close()
+        # the session goes on after the stream
+        assert session.run(["id", "-un"], user="scmadmin").stdout == "scmadmin\n"
+    assert all(cluster3.ops_password not in record.getMessage() for record in caplog.records)
+
+
+def test_stream_end_timeout_and_refusal(cluster3: TestCluster, tmp_path: Path) -> None:
+    host = cluster3.hosts[1]
+    with _as_admin(cluster3, host, tmp_path) as session:
+        stream = session.open_stream(["sh", "-c", ECHO], env={"WHO": "x"})
+        assert stream.read_line(10) == b"as scmadmin with x\n"
+        with pytest.raises(RemoteTimeout, match=r"no answer within 0.3 s"):
+            stream.read_line(0.3)
+        stream.close()
+        ended = session.open_stream(["sh", "-c", "echo last; echo gone >&2; exit 5"])
+        assert ended.read_line(10) == b"last\n"
+        with pytest.raises(StreamEnded) as info:
+            ended.read_line(10)
+        assert info.value.remote_exit_code == 5 and info.value.stderr == "gone\n"
+        ended.close()
+    wrong = SSHTarget(host.address, user=cluster3.ops_user, password="not-the-password-42")
+    with SSHSession.connect(wrong, _options(cluster3, tmp_path)) as session:
+        started = time.monotonic()
+        with pytest.raises(RemoteError, match="sudo as scmadmin refused: wrong password") as why:
+            session.open_stream(["cat"], user="scmadmin")
+        # refused at once, not after sudo waits on the open stdin for another try
+        assert time.monotonic() - started < 10
+        assert "not-the-password-42" not in str(why.value)
+
+
+def test_closed_streams_give_their_channel_back(cluster3: TestCluster, tmp_path: Path) -> None:
+    host = cluster3.hosts[2]
+    options = _options(cluster3, tmp_path, max_channels=2)
+    with SSHSession.connect(SSHTarget(host.address, user="scmadmin"), options) as session:
+        for number in range(5):
+            stream = session.open_stream(["sh", "-c", "read -r x; echo $x"])
+            stream.send(f"{number}\n".encode())
+            assert stream.read_line(10) == f"{number}\n".encode()
+            stream.close()
+        kept = session.open_stream(["cat"])
+        # one channel is still free for commands while a stream holds the other
+        assert session.run(["echo", "beside"], timeout=10).stdout == "beside\n"
+        kept.close()
 
 
 def test_cut_link_is_reported_within_the_documented_bound(cluster3: TestCluster, tmp_path: Path) -> None:
