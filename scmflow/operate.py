@@ -200,6 +200,7 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
             connect=ssh_connector(endpoints, options),
             reporter=printer,
             work_dir=Path(work),
+            parallel_ssh=options.parallel_ssh,
         )
         try:
             olds = [p.old_version for p in checked.plan.pairs if p.old_version]
@@ -418,7 +419,9 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
     hosts = list(dict.fromkeys(p.host for p in candidates))
     sessions = _status_sessions(state, options, catalog, hosts)
     try:
-        selection = check_pairs(state, candidates, sessions=sessions, catalog=catalog)
+        selection = check_pairs(
+            state, candidates, sessions=sessions, catalog=catalog, parallel=options.parallel_ssh
+        )
         for warning in selection.warnings:
             printer.warn(warning)
         if not selection.pairs:

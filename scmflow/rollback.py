@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from scmflow.agentcall import call_agent
 from scmflow.catalog import Catalog
 from scmflow.errors import PlanError
+from scmflow.fanout import map_hosts
 from scmflow.inventory import probe_host
 from scmflow.machine import Lifecycle
 from scmflow.plan import Pair, group_stages
@@ -67,14 +68,21 @@ def check_pairs(
     *,
     sessions: Mapping[str, Session],
     catalog: Catalog,
+    parallel: int = 16,
 ) -> RollbackSelection:
-    """The original's per-pair checks on the hosts, for pairs cleanly upgraded."""
+    """The original's per-pair checks on the hosts (`parallel` at a time), for pairs cleanly upgraded."""
     selection = RollbackSelection(pairs=[])
     clean = [
         p for p in candidates if p.key not in state.in_flight and state.states.get(p.key) in _CLEAN_UPGRADED
     ]
-    versions = _current_versions(state, clean, sessions=sessions, catalog=catalog)
-    complete = _complete_backups(state, clean, sessions=sessions)
+    found = map_hosts(
+        list(dict.fromkeys(p.host for p in clean)),
+        lambda host: _check_host(state, host, [p for p in clean if p.host == host], sessions[host], catalog),
+        parallel=parallel,
+        what="rollback check",
+    )
+    versions = {key: version for host in found.values() for key, (version, _) in host.items()}
+    complete = {key: done for host in found.values() for key, (_, done) in host.items()}
     for pair in candidates:
         if pair in clean:
             current = versions.get(pair.key)
@@ -99,45 +107,34 @@ def check_pairs(
     return selection
 
 
-def _current_versions(
-    state: ResumeState, pairs: Sequence[Pair], *, sessions: Mapping[str, Session], catalog: Catalog
-) -> dict[tuple[str, str], str | None]:
-    out: dict[tuple[str, str], str | None] = {}
+def _check_host(
+    state: ResumeState, host: str, pairs: Sequence[Pair], session: Session, catalog: Catalog
+) -> dict[tuple[str, str], tuple[str | None, bool]]:
+    """(current version, backup complete) of each pair of one host."""
+    services = [catalog.get(p.service) for p in pairs]
     java = {h.name: h.java_home for h in state.hosts}
-    for host in dict.fromkeys(p.host for p in pairs):
-        services = [catalog.get(p.service) for p in pairs if p.host == host]
-        inventory = probe_host(
-            sessions[host],
-            admin_user=None,
-            install_path=state.layout.install_path,
-            install_user=state.layout.install_user,
-            java_home=java.get(host),
-            services=services,
-        )
-        for service in services:
-            out[(host, service.name)] = inventory.version_of(service.name)
-    return out
-
-
-def _complete_backups(
-    state: ResumeState, pairs: Sequence[Pair], *, sessions: Mapping[str, Session]
-) -> dict[tuple[str, str], bool]:
-    out: dict[tuple[str, str], bool] = {}
-    for host in dict.fromkeys(p.host for p in pairs):
-        mine = [p for p in pairs if p.host == host]
-        markers = [f"{state.layout.pair_backup_dir(p.service)}/.complete" for p in mine]
-        reply = call_agent(
-            sessions[host],
-            "exists",
-            {"paths": markers},
-            user=state.layout.install_user,
-            java_home=None,
-            timeout=60.0,
-        )
-        present = set(reply.get("exists") or ())
-        for pair, marker in zip(mine, markers, strict=True):
-            out[pair.key] = marker in present
-    return out
+    inventory = probe_host(
+        session,
+        admin_user=None,
+        install_path=state.layout.install_path,
+        install_user=state.layout.install_user,
+        java_home=java.get(host),
+        services=services,
+    )
+    markers = [f"{state.layout.pair_backup_dir(p.service)}/.complete" for p in pairs]
+    reply = call_agent(
+        session,
+        "exists",
+        {"paths": markers},
+        user=state.layout.install_user,
+        java_home=None,
+        timeout=60.0,
+    )
+    present = set(reply.get("exists") or ())
+    return {
+        pair.key: (inventory.version_of(pair.service), marker in present)
+        for pair, marker in zip(pairs, markers, strict=True)
+    }
 
 
 def execute_rollback(

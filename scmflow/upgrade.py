@@ -18,6 +18,7 @@ from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
 from scmflow.distribute import distribute
 from scmflow.errors import JournalError, ReleaseError, ScmflowError
+from scmflow.fanout import map_hosts
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.journal import Journal, read_journal, replay
 from scmflow.machine import Lifecycle, PairRun
@@ -140,14 +141,18 @@ def check_cluster(
     connect: Connector,
     reporter: Reporter,
     work_dir: Path,
+    parallel_ssh: int = 16,
 ) -> CheckedCluster:
-    """Connect to every host, read what is installed, load the release and plan; changes nothing."""
+    """Connect to every host, read what is installed, load the release and plan; changes nothing.
+
+    The hosts are read `parallel_ssh` at a time.
+    """
     reporter.info("Checking the upgrade configuration... (0/2)")
     names = target.services or catalog.names()
     services = [catalog.get(n) for n in catalog.names()]
     sessions = connect([h.name for h in target.hosts])
     try:
-        inventories = _probe_all(sessions, target, services)
+        inventories = _probe_all(sessions, target, services, parallel_ssh)
         reporter.info("Checking the upgrade configuration: Host (1/2)")
         release = load_release(release_dir, catalog, names, work_dir=work_dir)
         plan = make_plan(
@@ -170,13 +175,12 @@ def check_cluster(
 
 
 def _probe_all(
-    sessions: Mapping[str, Session], target: Target, services: Sequence[Any]
+    sessions: Mapping[str, Session], target: Target, services: Sequence[Any], parallel: int
 ) -> dict[str, HostInventory]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    def probe(host: HostEntry) -> HostInventory:
+    def probe(name: str) -> HostInventory:
+        host = next(h for h in target.hosts if h.name == name)
         return probe_host(
-            sessions[host.name],
+            sessions[name],
             admin_user=target.admin_user,
             install_path=target.install_path,
             install_user=target.install_user,
@@ -184,19 +188,7 @@ def _probe_all(
             services=services,
         )
 
-    errors: list[str] = []
-    inventories: dict[str, HostInventory] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(target.hosts)))) as pool:
-        futures = {h.name: pool.submit(probe, h) for h in target.hosts}
-        for name, future in futures.items():
-            exc = future.exception()
-            if exc is None:
-                inventories[name] = future.result()
-            else:
-                errors.append(exc.message if isinstance(exc, ScmflowError) else f"[{name}] {exc}")
-    if errors:
-        raise ScmflowError("host check failed: " + "; ".join(errors))
-    return inventories
+    return map_hosts([h.name for h in target.hosts], probe, parallel=parallel, what="host check")
 
 
 def make_layout(target: Target, stamp: str, start_timeout: int) -> RemoteLayout:

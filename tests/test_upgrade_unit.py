@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -226,7 +227,9 @@ class ProbeSession:
         self.closed = True
 
 
-def run_check(releases: dict[str, Path], tmp_path: Path, sessions: dict[str, ProbeSession]) -> Any:
+def run_check(
+    releases: dict[str, Path], tmp_path: Path, sessions: dict[str, ProbeSession], parallel_ssh: int = 16
+) -> Any:
     reporter = CollectingReporter()
     result = check_cluster(
         target_from_config(),
@@ -236,8 +239,37 @@ def run_check(releases: dict[str, Path], tmp_path: Path, sessions: dict[str, Pro
         connect=lambda names: {n: sessions[n] for n in names},
         reporter=reporter,
         work_dir=tmp_path / "work",
+        parallel_ssh=parallel_ssh,
     )
     return result, reporter
+
+
+class SlowProbeSession(ProbeSession):
+    """A ProbeSession whose probe takes a moment, counting probes in flight on `gauge`."""
+
+    def __init__(self, host: str, gauge: dict[str, Any]) -> None:
+        super().__init__(host, {"gateway": "3.1.2"})
+        self.gauge = gauge
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CommandResult:
+        with self.gauge["lock"]:
+            self.gauge["now"] += 1
+            self.gauge["most"] = max(self.gauge["most"], self.gauge["now"])
+        time.sleep(0.1)
+        with self.gauge["lock"]:
+            self.gauge["now"] -= 1
+        return super().run(argv, **kwargs)
+
+
+@pytest.mark.parametrize("parallel_ssh", [1, 2, 16])
+def test_hosts_are_checked_parallel_ssh_at_a_time(
+    releases: dict[str, Path], tmp_path: Path, parallel_ssh: int
+) -> None:
+    gauge: dict[str, Any] = {"lock": threading.Lock(), "now": 0, "most": 0}
+    sessions = {n: SlowProbeSession(n, gauge) for n in ("scmServer-a", "scmServer-b", "scmServer-c")}
+    checked, _ = run_check(releases, tmp_path, dict(sessions), parallel_ssh)  # type: ignore[arg-type]
+    checked.close()
+    assert gauge["most"] == min(parallel_ssh, 3)
 
 
 def test_check_cluster_plans_from_what_the_hosts_report(releases: dict[str, Path], tmp_path: Path) -> None:

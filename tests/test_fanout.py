@@ -1,0 +1,72 @@
+"""map_hosts: every host tried, at most `parallel` at once, failures named per host."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from scmflow.errors import RemoteError, ScmflowError
+from scmflow.fanout import map_hosts
+
+HOSTS = [f"h{i}" for i in range(7)]
+
+
+class Gauge:
+    """Counts steps running at the same time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+        self.seen: list[str] = []
+
+    def step(self, host: str) -> str:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.seen.append(host)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return host.upper()
+
+
+@pytest.mark.parametrize("parallel", [1, 3, 16])
+def test_results_by_host_with_at_most_parallel_at_once(parallel: int) -> None:
+    gauge = Gauge()
+    assert map_hosts(HOSTS, gauge.step, parallel=parallel, what="x") == {h: h.upper() for h in HOSTS}
+    assert gauge.most == min(parallel, len(HOSTS))
+    assert sorted(gauge.seen) == sorted(HOSTS)
+
+
+def test_every_host_is_tried_and_each_failure_is_named() -> None:
+    tried: list[str] = []
+
+    def step(host: str) -> int:
+        tried.append(host)
+        if host == "h1":
+            raise RemoteError(host, "connection reset by the host")
+        if host == "h4":
+            raise KeyError("services")
+        return 1
+
+    with pytest.raises(ScmflowError) as caught:
+        map_hosts(HOSTS, step, parallel=2, what="host check")
+    assert str(caught.value) == (
+        "host check failed: [h1] connection reset by the host; [h4] KeyError: 'services'"
+    )
+    assert sorted(tried) == HOSTS
+
+
+def test_no_hosts_no_work() -> None:
+    assert map_hosts([], lambda h: 1 / 0, parallel=4, what="x") == {}
+
+
+def test_an_interrupt_is_not_swallowed() -> None:
+    def step(host: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        map_hosts(HOSTS[:2], step, parallel=2, what="x")
