@@ -1406,6 +1406,16 @@ _STREAM_ERR_KEEP = 65536
 _EXIT_WAIT = 5.0
 
 
+def _pop_line(buffer: bytearray) -> bytes | None:
+    """Take the first complete line (with its newline) off `buffer`, if there is one."""
+    cut = buffer.find(b"\n")
+    if cut < 0:
+        return None
+    line = bytes(buffer[: cut + 1])
+    del buffer[: cut + 1]
+    return line
+
+
 class _ChannelStream:
     """A Stream over one SSH channel of a session; holds one of its channel slots."""
 
@@ -1433,10 +1443,8 @@ class _ChannelStream:
         deadline = time.monotonic() + timeout
         self._channel.settimeout(_POLL)
         while True:
-            cut = self._out.find(b"\n")
-            if cut >= 0:
-                line = bytes(self._out[: cut + 1])
-                del self._out[: cut + 1]
+            line = _pop_line(self._out)
+            if line is not None:
                 return line
             try:
                 data: bytes | None = self._channel.recv(65536)
@@ -1545,6 +1553,7 @@ class _ProcessStream:
         self._argv = argv
         self._out = bytearray()
         self._err = bytearray()
+        self._stdout_done = False
         self._selector = selectors.DefaultSelector()
         assert process.stdout is not None and process.stderr is not None
         self._selector.register(process.stdout, selectors.EVENT_READ)
@@ -1562,29 +1571,31 @@ class _ProcessStream:
     def read_line(self, timeout: float) -> bytes:
         """The next stdout line; RemoteTimeout after `timeout` s, StreamEnded at its end."""
         deadline = time.monotonic() + timeout
-        stdout_open = True
         while True:
-            cut = self._out.find(b"\n")
-            if cut >= 0:
-                line = bytes(self._out[: cut + 1])
-                del self._out[: cut + 1]
+            line = _pop_line(self._out)
+            if line is not None:
                 return line
-            if not stdout_open:
+            if self._stdout_done:
                 raise self._ended()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RemoteTimeout(self.host, f"no answer within {timeout:g} s", argv=self._argv)
-            for key, _ in self._selector.select(min(left, 1.0)):
-                data = os.read(key.fd, 65536)
-                if key.fileobj is self._process.stderr:
-                    self._err += data
-                    del self._err[:-_STREAM_ERR_KEEP]
-                    if not data:
-                        self._selector.unregister(key.fileobj)
-                elif data:
-                    self._out += data
-                else:
-                    stdout_open = False
+            self._pump(min(left, 1.0))
+
+    def _pump(self, wait: float) -> bool:
+        """Take in what the pipes hold, waiting up to `wait` s for some; whether any was ready."""
+        ready = self._selector.select(wait)
+        for key, _ in ready:
+            data = os.read(key.fd, 65536)
+            if key.fileobj is self._process.stderr:
+                self._err += data
+                del self._err[:-_STREAM_ERR_KEEP]
+            else:
+                self._out += data
+            if not data:
+                self._selector.unregister(key.fileobj)
+                self._stdout_done = self._stdout_done or key.fileobj is self._process.stdout
+        return bool(ready)
 
     def _ended(self) -> StreamEnded:
         try:
@@ -1592,16 +1603,8 @@ class _ProcessStream:
         except subprocess.TimeoutExpired:
             code = None
         # what is already in the stderr pipe, without waiting on a child that may hold it open
-        while self._selector.get_map():
-            ready = self._selector.select(0)
-            if not ready:
-                break
-            for key, _ in ready:
-                data = os.read(key.fd, 65536)
-                if key.fileobj is self._process.stderr:
-                    self._err += data
-                if not data:
-                    self._selector.unregister(key.fileobj)
+        while self._selector.get_map() and self._pump(0):
+            pass
         return StreamEnded(
             self.host, "the command ended", argv=self._argv, exit_code=code,
             stderr=self._err.decode(errors="replace"),

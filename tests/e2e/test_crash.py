@@ -250,18 +250,35 @@ def pair_states(status: Path) -> dict[tuple[str, str], str]:
     return {key: r.state for key, r in replay(read_journal(status)).items()}
 
 
-def orphan_agents(op: str) -> list[int]:
-    """Pids of host agents running `op` whose control process is gone (any test host)."""
-    found = []
+def _agent_processes() -> dict[int, tuple[list[bytes], int]]:
+    """argv and parent pid of every process on this machine (all test hosts share it)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parent = int((entry / "stat").read_bytes().rpartition(b")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if len(argv) > 4 and argv[1] == b"-c" and b"scmflow_agent" in argv[2] and argv[4] == op.encode():
-            found.append(int(entry.name))
+        found[int(entry.name)] = (argv, parent)
+    return found
+
+
+def restarting_agents() -> list[int]:
+    """Pids of host agents in the middle of a restart step: a serving agent whose ctl child is
+    starting a node, or a one-shot agent started for `restart`."""
+    processes = _agent_processes()
+    starting = {
+        parent
+        for argv, parent in processes.values()
+        if any(a.endswith(b"ctl.sh") for a in argv) and b"start" in argv
+    }
+    found = []
+    for pid, (argv, _) in processes.items():
+        if len(argv) > 4 and argv[1] == b"-c" and b"scmflow_agent" in argv[2]:
+            if argv[4] == b"restart" or (argv[4] == b"--serve" and pid in starting):
+                found.append(pid)
     return found
 
 
@@ -372,7 +389,7 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
             )
 
         assert wait_until(restarting, 120), "the run never began host2's content-server restart"
-        assert wait_until(lambda: bool(orphan_agents("restart")), 10), "no restart agent ran"
+        assert wait_until(lambda: bool(restarting_agents()), 10), "no restart agent ran"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -381,7 +398,7 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
             proc.wait()
     status = new_status_file(s, known)
     assert status is not None
-    assert orphan_agents("restart"), "the killed run's restart agent should still be running"
+    assert restarting_agents(), "the killed run's restart agent should still be running"
     replayed = replay(read_journal(status))
     assert replayed[(h2.address, "content-server")].in_flight == "restart"
 
@@ -393,9 +410,9 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
     assert refused.returncode != 0
     assert "--break-lock" in refused.stderr, refused.stdout + refused.stderr
 
-    assert orphan_agents("restart"), "the killed run's restart agent should still be running"
+    assert restarting_agents(), "the killed run's restart agent should still be running"
     done = scm_ok(s, rollback_args(s, status), "rollback during the orphan restart")
-    assert not orphan_agents("restart")
+    assert not restarting_agents()
     assert s.digests() == before, done.stdout
     assert s.running() == running
     assert pair_states(status)[(h2.address, "content-server")] == "rolled_back"
