@@ -303,6 +303,43 @@ def test_single_node_start_is_fast(host: Host) -> None:
     assert time.monotonic() - started < 1.5
 
 
+def _http(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_node_answers_http_like_a_web_service(host: Host) -> None:
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "10", "-p", str(host.gw))
+    assert out.returncode == 0, out.stderr
+    # a client that connects and says nothing must not keep the node from answering others
+    with socket.create_connection(("127.0.0.1", host.gw), timeout=5):
+        assert health("127.0.0.1", host.gw, 1)["service"] == "gateway"
+    head = _http(host.gw, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") and head.endswith(b"\r\n\r\n")
+    assert _http(host.gw, b"GET /nothing HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404 ")
+    assert _http(host.gw, b"POST /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
+    body = _http(host.gw, b"GET /health?x=1 HTTP/1.0\r\n\r\n").partition(b"\r\n\r\n")[2]
+    assert b'"service": "gateway"' in body
+
+
+def test_ctl_runs_through_a_relative_path(host: Host) -> None:
+    bin_dir = host.path / CLOUD / "bin"
+    out = subprocess.run(
+        ["./scmcloudctl.sh", "list"], cwd=bin_dir, capture_output=True, text=True,
+        env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=False,
+    )
+    assert out.stdout.splitlines()[-1] == "Total:2", out.stderr
+    out = subprocess.run(
+        ["bash", "scmcloudctl.sh", "list"], cwd=bin_dir, capture_output=True, text=True,
+        env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=False,
+    )
+    assert out.stdout.splitlines()[-1] == "Total:2", out.stderr
+
+
 def test_list_without_nodes_exits_non_zero(host: Host) -> None:
     out = host.ctl("sequoiacm-config/bin/confctl.sh", "list", "-m", "local")
     assert (out.returncode, out.stdout) == (1, "Total:0\n")

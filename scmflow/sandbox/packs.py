@@ -19,10 +19,12 @@ _PAYLOAD = Path(__file__).resolve().parent / "payload"
 _WRAPPER = """#!/bin/bash
 # SequoiaCM sandbox {ctl} {version}: the real script's interface, carried out by
 # {helper} from this same bin/ directory, so replacing bin/ replaces both.
-bin_dir=$(dirname -- "${{BASH_SOURCE[0]}}")
+# Parameter expansion rather than dirname/basename: no fork, since tools call this often.
+self=${{BASH_SOURCE[0]}}
+case $self in */*) bin_dir=${{self%/*}} ;; *) bin_dir=. ;; esac
 python=python3
 if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; fi
-exec "$python" "$bin_dir/{helper}" "$(basename -- "${{BASH_SOURCE[0]}}")" "$@"
+exec "$python" -S "$bin_dir/{helper}" "${{self##*/}}" "$@"
 """
 
 

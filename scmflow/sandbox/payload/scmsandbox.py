@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import argparse
 import glob
-import http.client
 import json
 import os
 import signal
-import subprocess
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+
+# Tools call the ctl scripts many times per upgrade, so each call imports only what it needs:
+# http.client and http.server alone cost more CPU than the rest of a `list`. Nodes answer HTTP
+# from a plain socket, and subprocess is imported by the commands that spawn.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
 
 JAR_MAGIC = "SEQUOIACM-SANDBOX-JAR"
 NODE_MODE = "node"
@@ -42,6 +47,9 @@ POLL_SECONDS = 0.01
 STOP_GRACE_SECONDS = 10.0
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_SLOW_SECONDS = 3.0
+MAX_ANSWER = 64 * 1024
+MAX_REQUEST_HEAD = 8 * 1024
+REQUEST_SECONDS = 2.0
 
 
 class CtlError(Exception):
@@ -278,18 +286,34 @@ def disk_version(node: Node) -> str | None:
 
 def probe_pid(port: int) -> int | None:
     """The pid a node on localhost:`port` reports on /health, or None."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
     try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        if resp.status != 200:
-            return None
-        pid = json.loads(resp.read()).get("pid")
-        return pid if isinstance(pid, int) else None
-    except (OSError, ValueError, http.client.HTTPException):
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+            conn.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            answer = read_until_closed(conn, MAX_ANSWER)
+    except OSError:
         return None
-    finally:
-        conn.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        return None
+    try:
+        pid = json.loads(body).get("pid")
+    except (ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def read_until_closed(conn: socket.socket, limit: int) -> bytes:
+    """Everything the peer sends until it closes (at most `limit` bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = conn.recv(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------- the daemon: scmd.sh
@@ -465,46 +489,69 @@ def run_node(args: Sequence[str]) -> int:
     }
     if opts.delay > 0:
         time.sleep(opts.delay)
-    server = NodeServer(("0.0.0.0", opts.port), make_handler(json.dumps(info).encode()))  # noqa: S104
+    server = listen(opts.port)
     sys.stderr.write(f"node {opts.service}({opts.port}) version {info['version']} up\n")
     sys.stderr.flush()
     try:
-        server.serve_forever(poll_interval=0.2)
+        serve_health(server, json.dumps(info).encode())
     finally:
-        server.server_close()
+        server.close()
     return 0
 
 
-class NodeServer(ThreadingHTTPServer):
-    """A threading HTTP server that never resolves names (a test host may lack DNS)."""
-
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's getfqdn() lookup."""
-        super(ThreadingHTTPServer, self).server_bind()  # socketserver.TCPServer's bind
-        self.server_name = "localhost"
-        self.server_port = self.server_address[1]
+def listen(port: int) -> socket.socket:
+    """A listening socket on every address (a test host may lack DNS: no names resolved)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))  # noqa: S104
+    server.listen(64)
+    return server
 
 
-def make_handler(body: bytes) -> type[BaseHTTPRequestHandler]:
-    """A handler class answering /health with `body` and 404 elsewhere."""
+def serve_health(server: socket.socket, body: bytes) -> None:
+    """Answer GET /health with `body` (JSON) and anything else with 404, a thread per client."""
+    import threading
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/health":
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=answer_client, args=(conn, body), daemon=True).start()
 
-        def log_message(self, format: str, *args: Any) -> None:
+
+def answer_client(conn: socket.socket, body: bytes) -> None:
+    """Read one request from `conn`, answer it, close."""
+    with conn:
+        conn.settimeout(REQUEST_SECONDS)
+        try:
+            conn.sendall(health_answer(read_request_head(conn), body))
+        except OSError:
             return
 
-    return Handler
+
+def read_request_head(conn: socket.socket) -> bytes:
+    """The request line and headers (up to the blank line), at most MAX_REQUEST_HEAD bytes."""
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < MAX_REQUEST_HEAD:
+        chunk = conn.recv(MAX_REQUEST_HEAD - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def health_answer(head: bytes, body: bytes) -> bytes:
+    """The HTTP/1.0 answer to a request head: 200 with `body` for GET /health, else 404/405."""
+    words = head.split(b"\n", 1)[0].split()
+    if len(words) < 2 or words[0] not in (b"GET", b"HEAD"):
+        status, payload, kind = b"405 Method Not Allowed", b"", b"text/plain"
+    elif words[1].split(b"?", 1)[0] != b"/health":
+        status, payload, kind = b"404 Not Found", b"not found\n", b"text/plain"
+    else:
+        status, payload, kind = b"200 OK", body, b"application/json"
+    headers = (
+        b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind
+        + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    return headers + (payload if words[:1] != [b"HEAD"] else b"")
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -537,6 +584,7 @@ def jar_version(jar: Path) -> str:
 
 def spawn_detached(argv: list[str], *, cwd: Path, log: Path | None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with no inherited stdio, so an SSH exec can return."""
+    import subprocess
     if log is None:
         out: int = subprocess.DEVNULL
         return subprocess.Popen(
