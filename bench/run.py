@@ -13,6 +13,11 @@ OpenSSH's ssh, scp and sshd, and the dev virtualenv. Figures, each scmflow / the
   check_H_vs_1      `--dry-run` (connect, check, plan) of H hosts / of one host
   memory_M_vs_H     peak RSS of the scm.py process upgrading M hosts / H hosts (lean install)
 
+Each line also gives the machine's CPU use, and for a figure the hosts' CPU may bound, the
+floor that CPU alone sets (machine CPU seconds / cores, over the baseline): no tool doing
+that work on this machine's cores can beat it. --profile adds, per timed run, the CPU of
+every command that ended in it (process accounting), which says where that CPU went.
+
 Every connection (scmflow's, and the ControlMaster that scp and the baseline multiplex over)
 is opened before the clock starts for sends; upgrades and checks are timed as an operator
 sees them (the whole command). Times are medians of --repeat runs (--upgrade-repeat for
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import acct  # noqa: E402
 from scmflow import sandbox  # noqa: E402
 from scmflow.actions import RemoteLayout  # noqa: E402
 from scmflow.catalog import Catalog, load_catalog  # noqa: E402
@@ -111,6 +117,34 @@ def cpu_note(busy: float, seconds: float) -> str:
     """`machine CPU 5.1 s (85% of 2 cores)`."""
     cores = os.cpu_count() or 1
     return f"machine CPU {busy:.1f} s ({busy / (seconds * cores):.0%} of {cores} cores)"
+
+
+def cpu_floor(busy: float) -> float:
+    """Seconds that `busy` CPU seconds take at the least on this machine's cores."""
+    return busy / (os.cpu_count() or 1)
+
+
+@contextmanager
+def profiled(account: Path | None) -> Iterator[acct.Recorder | None]:
+    """Process accounting into the file `account` for the block, or nothing when it is None."""
+    if account is None:
+        yield None
+        return
+    with acct.accounting(account) as recorder:
+        yield recorder
+
+
+def profile_of(recorder: acct.Recorder | None, busy: float) -> acct.Profile | None:
+    """The recorder's profile with the machine CPU of the same block."""
+    if recorder is None:
+        return None
+    return dataclasses.replace(recorder.profile, machine_cpu=busy)
+
+
+def note_profile(what: str, profile: acct.Profile | None) -> None:
+    """One `profile` line on stderr, when there is a profile."""
+    if profile is not None:
+        note(f"  profile of {what}: {profile.line()}")
 
 
 def median_time(action: Callable[[], None], repeat: int) -> float:
@@ -214,10 +248,11 @@ class Run:
     code: int
     output: str
     machine_cpu: float = 0.0
+    profile: acct.Profile | None = None
 
 
-def run_scm(s: Scenario, args: Sequence[str]) -> Run:
-    """Run scm.py as Scenario.scm does, under /usr/bin/time.
+def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
+    """Run scm.py as Scenario.scm does, under /usr/bin/time (and accounting into `account`).
 
     Not wait4() on a direct child: a child forked from this (large) process starts with our
     RSS as its high-water mark; /usr/bin/time forks scm.py from a small process.
@@ -227,23 +262,27 @@ def run_scm(s: Scenario, args: Sequence[str]) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         usage = Path(tmp) / "usage"
         argv = [TIME, "-f", "%M %U %S", "-o", str(usage), sys.executable, str(SCM), *args]
-        busy = machine_cpu_seconds()
-        started = time.monotonic()
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=s.work,
-        )
-        seconds = time.monotonic() - started
-        busy = machine_cpu_seconds() - busy
+        with profiled(account) as recorder:
+            busy = machine_cpu_seconds()
+            started = time.monotonic()
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env, cwd=s.work,
+            )
+            seconds = time.monotonic() - started
+            busy = machine_cpu_seconds() - busy
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
         rss_kb, user, system = usage.read_text().split("\n")[-2].split()
     output = done.stdout.decode(errors="replace")
-    return Run(seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output, busy)
+    return Run(
+        seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output, busy,
+        profile_of(recorder, busy),
+    )
 
 
-def scm_ok(s: Scenario, args: Sequence[str]) -> Run:
+def scm_ok(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
     """run_scm that must succeed."""
-    run = run_scm(s, args)
+    run = run_scm(s, args, account)
     if run.code != 0:
         raise SystemExit(f"bench: scm.py {shlex.join(args)} failed ({run.code}):\n{run.output[-3000:]}")
     return run
@@ -379,68 +418,77 @@ def baseline_plan(hosts: Sequence[TestHost], topology: Topology, release: Releas
     return "\n".join(lines) + "\n"
 
 
-def run_baseline(s: Scenario, plan: Path, parallel: int) -> tuple[float, float]:
-    """Seconds bench/baseline.sh takes and the machine CPU seconds it costs; it must succeed."""
+def run_baseline(s: Scenario, plan: Path, parallel: int, account: Path | None = None) -> Run:
+    """bench/baseline.sh's wall and machine CPU seconds (and profile); it must succeed."""
     argv = ["bash", str(BASELINE), str(plan), str(parallel), str(s.cluster.client_key),
             str(s.cluster.known_hosts)]
-    busy = machine_cpu_seconds()
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    busy = machine_cpu_seconds() - busy
+    with profiled(account) as recorder:
+        busy = machine_cpu_seconds()
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True)
+        seconds = time.monotonic() - started
+        busy = machine_cpu_seconds() - busy
     if done.returncode != 0:
         output = done.stdout[-2000:] + done.stderr[-2000:]
         raise SystemExit(f"bench: baseline failed ({done.returncode}):\n{output}")
-    return seconds, busy
+    return Run(seconds, 0.0, 0.0, 0, "", busy, profile_of(recorder, busy))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Medians over repeated runs of one thing, and the last run's profile."""
+
+    seconds: float
+    cpu_seconds: float
+    machine_cpu: float
+    profile: acct.Profile | None = None
+    connections: tuple[int, ...] = ()
+
+
+def medians(runs: Sequence[Run], connections: Sequence[int] = ()) -> Timing:
+    """Median wall, scm.py CPU and machine CPU of `runs`; the last one's profile."""
+    return Timing(
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu_seconds for r in runs),
+        statistics.median(r.machine_cpu for r in runs),
+        runs[-1].profile,
+        tuple(connections),
+    )
 
 
 def time_upgrade(
-    s: Scenario, topology: Topology, parallel: int, repeat: int
-) -> tuple[float, float, list[int], float]:
-    """Median wall and scm.py CPU seconds of an unattended upgrade; SSH connections per host;
-    median machine CPU seconds."""
-    times = []
-    cpu = []
-    busy = []
+    s: Scenario, topology: Topology, parallel: int, repeat: int, account: Path | None
+) -> Timing:
+    """An unattended upgrade from a fresh 3.1.2 install; also SSH connections per host."""
+    runs = []
     connections: list[int] = []
     for _ in range(repeat):
         reinstall(s, topology)
         before = [h.accepted_connections() for h in s.cluster.hosts]
-        run = scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)))
+        runs.append(scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)), account))
         connections = [h.accepted_connections() - b for h, b in zip(s.cluster.hosts, before, strict=True)]
         check_upgraded(s, topology)
-        times.append(run.seconds)
-        cpu.append(run.cpu_seconds)
-        busy.append(run.machine_cpu)
-    return statistics.median(times), statistics.median(cpu), connections, statistics.median(busy)
+    return medians(runs, connections)
 
 
 def time_baseline(
-    s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int
-) -> tuple[float, float]:
-    """Median seconds and machine CPU seconds of bench/baseline.sh from a fresh 3.1.2 install."""
-    times = []
-    busy = []
+    s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int, account: Path | None
+) -> Timing:
+    """bench/baseline.sh from a fresh 3.1.2 install."""
+    runs = []
     for _ in range(repeat):
         reinstall(s, topology)
-        seconds, cpu = run_baseline(s, plan, parallel)
-        times.append(seconds)
-        busy.append(cpu)
+        runs.append(run_baseline(s, plan, parallel, account))
         check_upgraded(s, topology)
-    return statistics.median(times), statistics.median(busy)
+    return medians(runs)
 
 
 # --------------------------------------------------------------------------- 4: check + plan
 
 
-def time_check(s: Scenario, repeat: int) -> tuple[float, float, float]:
-    """Median wall, scm.py CPU and machine CPU seconds of `--dry-run` (connect, check, plan, print)."""
-    runs = [scm_ok(s, s.upgrade_args(NEW, "--dry-run")) for _ in range(repeat)]
-    return (
-        statistics.median(r.seconds for r in runs),
-        statistics.median(r.cpu_seconds for r in runs),
-        statistics.median(r.machine_cpu for r in runs),
-    )
+def time_check(s: Scenario, repeat: int, account: Path | None) -> Timing:
+    """`--dry-run` (connect, check, plan, print)."""
+    return medians([scm_ok(s, s.upgrade_args(NEW, "--dry-run"), account) for _ in range(repeat)])
 
 
 # --------------------------------------------------------------------------- 5: memory
@@ -469,6 +517,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--upgrade-repeat", type=int, default=1, help="runs per upgrade figure")
     parser.add_argument("--keep-root-bashrc", action="store_true", help="log in with /root/.bashrc as it is")
     parser.add_argument("--only", default="send,upgrade,check,memory", help="figures to measure")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the CPU of every command that ended in each timed run (acct(2))")
     return parser.parse_args(argv)
 
 
@@ -493,34 +543,49 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
     catalog = load_catalog()
     topology = full_topology(catalog)
     full = scenario(subset(cluster, h), releases, work / "full")
+    account = work / "acct" if args.profile else None
     if "check" in only:
         reinstall(full, topology)
         one = scenario(subset(cluster, 1), releases, work / "one")
-        many, many_cpu, many_busy = time_check(full, args.repeat)
-        single, single_cpu, single_busy = time_check(one, args.repeat)
-        add(Figure(f"check_{h}_vs_1", many, single, (f"{h} hosts", "1 host"), 2.0,
-                   detail=f"scm.py's own CPU {many_cpu:.2f} s vs {single_cpu:.2f} s; "
-                          f"{cpu_note(many_busy, many)} vs {cpu_note(single_busy, single)}"))
+        many = time_check(full, args.repeat, account)
+        single = time_check(one, args.repeat, account)
+        add(Figure(f"check_{h}_vs_1", many.seconds, single.seconds, (f"{h} hosts", "1 host"), 2.0,
+                   detail=f"scm.py's own CPU {many.cpu_seconds:.2f} s vs {single.cpu_seconds:.2f} s; "
+                          f"{cpu_note(many.machine_cpu, many.seconds)} vs "
+                          f"{cpu_note(single.machine_cpu, single.seconds)}; "
+                          f"floor set by CPU {cpu_floor(many.machine_cpu) / single.seconds:.2f}"))
+        note_profile(f"check, {h} hosts", many.profile)
+        note_profile("check, 1 host", single.profile)
     if "upgrade" in only:
         release = load_release(releases.new, catalog, topology.services, work_dir=work / "new-nonservice")
         plan = work / "baseline.plan"
         plan.write_text(baseline_plan(hosts, topology, release, catalog))
-        base_1, base_1_busy = time_baseline(full, topology, plan, 1, args.upgrade_repeat)
-        ours_1, cpu_1, connections, ours_1_busy = time_upgrade(full, topology, 1, args.upgrade_repeat)
-        add(Figure("upgrade_p1", ours_1, base_1, ("scmflow --parallel 1", "baseline"), 1.3,
-                   detail=f"scm.py's own CPU {cpu_1:.2f} s; "
-                          f"{cpu_note(ours_1_busy, ours_1)} vs {cpu_note(base_1_busy, base_1)}"))
-        note(f"SSH connections per host during one upgrade run: {connections}")
-        ours_h, cpu_h, _, ours_h_busy = time_upgrade(full, topology, h, args.upgrade_repeat)
-        add(Figure(f"upgrade_p{h}", ours_h, base_1, (f"scmflow --parallel {h}", "baseline"), 0.35,
-                   detail=f"scm.py's own CPU {cpu_h:.2f} s; {cpu_note(ours_h_busy, ours_h)}"))
-        base_h, base_h_busy = time_baseline(full, topology, plan, h, args.upgrade_repeat)
-        add(Figure(f"upgrade_p{h}_vs_baseline_p{h}", ours_h, base_h,
+        base_1 = time_baseline(full, topology, plan, 1, args.upgrade_repeat, account)
+        ours_1 = time_upgrade(full, topology, 1, args.upgrade_repeat, account)
+        add(Figure("upgrade_p1", ours_1.seconds, base_1.seconds, ("scmflow --parallel 1", "baseline"), 1.3,
+                   detail=f"scm.py's own CPU {ours_1.cpu_seconds:.2f} s; "
+                          f"{cpu_note(ours_1.machine_cpu, ours_1.seconds)} vs "
+                          f"{cpu_note(base_1.machine_cpu, base_1.seconds)}"))
+        note_profile("scmflow --parallel 1", ours_1.profile)
+        note_profile("baseline one at a time", base_1.profile)
+        note(f"SSH connections per host during one upgrade run: {list(ours_1.connections)}")
+        ours_h = time_upgrade(full, topology, h, args.upgrade_repeat, account)
+        add(Figure(f"upgrade_p{h}", ours_h.seconds, base_1.seconds,
+                   (f"scmflow --parallel {h}", "baseline"), 0.35,
+                   detail=f"scm.py's own CPU {ours_h.cpu_seconds:.2f} s; "
+                          f"{cpu_note(ours_h.machine_cpu, ours_h.seconds)}; "
+                          f"floor set by CPU {cpu_floor(ours_h.machine_cpu) / base_1.seconds:.2f}"))
+        note_profile(f"scmflow --parallel {h}", ours_h.profile)
+        base_h = time_baseline(full, topology, plan, h, args.upgrade_repeat, account)
+        add(Figure(f"upgrade_p{h}_vs_baseline_p{h}", ours_h.seconds, base_h.seconds,
                    (f"scmflow --parallel {h}", f"baseline {h} at a time"), None,
-                   detail=f"{cpu_note(ours_h_busy, ours_h)} vs {cpu_note(base_h_busy, base_h)}"))
+                   detail=f"{cpu_note(ours_h.machine_cpu, ours_h.seconds)} vs "
+                          f"{cpu_note(base_h.machine_cpu, base_h.seconds)}"))
+        note_profile(f"baseline {h} at a time", base_h.profile)
         # what running H pairs at once buys even a script with no overhead, on this machine
-        add(Figure(f"baseline_p{h}_vs_p1", base_h, base_1,
-                   (f"baseline {h} at a time", "one at a time"), None))
+        add(Figure(f"baseline_p{h}_vs_p1", base_h.seconds, base_1.seconds,
+                   (f"baseline {h} at a time", "one at a time"), None,
+                   detail=f"floor set by CPU {cpu_floor(base_h.machine_cpu) / base_1.seconds:.2f}"))
     if "memory" in only and args.memory_hosts:
         m = args.memory_hosts
         small = peak_rss(scenario(subset(cluster, h), releases, work / "mem-small"), h)

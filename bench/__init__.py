@@ -1,0 +1,1 @@
+"""Benchmarks of scmflow against plain OpenSSH (see README.md here)."""
