@@ -432,6 +432,28 @@ def test_probe_reports_java_versions_and_nodes(host: Host) -> None:
         assert health("127.0.0.1", port)["pid"] == pid
 
 
+def test_probe_runs_each_ctl_listing_at_the_same_time(host: Host, tmp_path: Path) -> None:
+    # Each ctl waits (up to a timeout, then fails) until the other has started: listings run
+    # one after another would fail, and the probe would see no nodes.
+    marks = tmp_path / "marks"
+    marks.mkdir(mode=0o777)
+    ctls = [host.install / "sequoiacm-cloud" / "bin" / "scmcloudctl.sh",
+            host.install / "sequoiacm-content" / "bin" / "scmctl.sh"]
+    for ctl in ctls:
+        ctl.rename(ctl.with_name(ctl.name + ".real"))
+        others = " ".join(f"{marks}/{c.name}" for c in ctls if c != ctl)
+        ctl.write_text(
+            "#!/bin/bash\n"
+            f'touch {marks}/{ctl.name}\n'
+            f"for i in $(seq 200); do [ -e {others} ] && exec \"$0.real\" \"$@\"; sleep 0.1; done\n"
+            "echo 'the other listing never started' >&2; exit 1\n"
+        )
+        ctl.chmod(0o755)
+    services = host.probe()["services"]
+    assert [n["running"] for n in services["service-center"]["nodes"]] == [True]
+    assert [n["running"] for n in services["content-server"]["nodes"]] == [True]
+
+
 def test_daemon_runs_only_while_its_crontab_command_does(host: Host) -> None:
     crontab = (host.install / "daemon" / "conf" / ".crontab.properties").read_text()
     command = crontab.split("nohup", 1)[1].split(">", 1)[0].strip()

@@ -12,8 +12,8 @@ import pytest
 from bench import acct
 
 
-def _record(comm: bytes, utime: int, stime: int, version: int = 3) -> bytes:
-    return struct.pack("<BBHIIIIIIf8H16s", 0, version, 0, 0, 0, 0, 1, 1, 0, 0.0,
+def _record(comm: bytes, utime: int, stime: int, version: int = 3, pid: int = 1) -> bytes:
+    return struct.pack("<BBHIIIIIIf8H16s", 0, version, 0, 0, 0, 0, pid, 1, 0, 0.0,
                        utime, stime, 0, 0, 0, 0, 0, 0, comm)
 
 
@@ -25,14 +25,14 @@ def test_comp_t_decodes_mantissa_and_base_8_exponent() -> None:
 
 def test_parse_sums_cpu_by_command_and_counts_other_versions() -> None:
     data = (_record(b"python3", 4, 1) + _record(b"sudo", 1, 0) + _record(b"python3", 3, 0)
-            + _record(b"old", 9, 9, version=2))
-    profile = acct.parse(data)
+            + _record(b"old", 9, 9, version=2) + _record(b"me", 7, 7, pid=42))
+    profile = acct.parse(data, exclude_pid=42)
     assert [(c.name, c.processes, round(c.cpu_seconds, 2)) for c in profile.commands] == [
         ("python3", 2, 0.08), ("sudo", 1, 0.01),
     ]
     assert profile.unreadable == 1
     line = acct.Profile(profile.commands, machine_cpu=1.0).line()
-    assert line == "python3 2 x 40 ms = 0.1 s, sudo 1 x 10 ms = 0.0 s, still running or kernel 0.9 s"
+    assert line == "python3 2 x 40 ms = 0.1 s, sudo 1 x 10 ms = 0.0 s, unattributed 0.9 s"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="acct(2) needs root")
@@ -42,4 +42,6 @@ def test_accounting_records_a_process_that_ends_in_the_block(tmp_path: Path) -> 
     names = {c.name: c for c in recorder.profile.commands}
     assert names["sh"].processes >= 1
     assert names["sh"].cpu_seconds > 0
+    # switching accounting off writes a record for this process, which is not the block's
+    assert "python" not in names and "python3" not in names
     assert not (tmp_path / "acct").exists()
