@@ -40,9 +40,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -124,21 +125,27 @@ def cpu_floor(busy: float) -> float:
     return busy / (os.cpu_count() or 1)
 
 
-@contextmanager
-def profiled(account: Path | None) -> Iterator[acct.Recorder | None]:
-    """Process accounting into the file `account` for the block, or nothing when it is None."""
-    if account is None:
-        yield None
-        return
-    with acct.accounting(account) as recorder:
-        yield recorder
+@dataclass(frozen=True)
+class Measured:
+    """One command run to completion: its result, wall and machine CPU seconds, and profile."""
+
+    done: subprocess.CompletedProcess[Any]
+    seconds: float
+    machine_cpu: float
+    profile: acct.Profile | None
 
 
-def profile_of(recorder: acct.Recorder | None, busy: float) -> acct.Profile | None:
-    """The recorder's profile with the machine CPU of the same block."""
-    if recorder is None:
-        return None
-    return dataclasses.replace(recorder.profile, machine_cpu=busy)
+def run_measured(argv: Sequence[str], account: Path | None, **popen: Any) -> Measured:
+    """subprocess.run(argv) timed, with the machine's CPU over it, and process accounting
+    into the file `account` unless it is None."""
+    with acct.accounting(account) if account is not None else nullcontext() as recorder:
+        busy = machine_cpu_seconds()
+        started = time.monotonic()
+        done = subprocess.run(argv, **popen)
+        seconds = time.monotonic() - started
+        busy = machine_cpu_seconds() - busy
+    profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
+    return Measured(done, seconds, busy, profile)
 
 
 def note_profile(what: str, profile: acct.Profile | None) -> None:
@@ -262,21 +269,16 @@ def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Ru
     with tempfile.TemporaryDirectory() as tmp:
         usage = Path(tmp) / "usage"
         argv = [TIME, "-f", "%M %U %S", "-o", str(usage), sys.executable, str(SCM), *args]
-        with profiled(account) as recorder:
-            busy = machine_cpu_seconds()
-            started = time.monotonic()
-            done = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=env, cwd=s.work,
-            )
-            seconds = time.monotonic() - started
-            busy = machine_cpu_seconds() - busy
+        m = run_measured(
+            argv, account, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=s.work,
+        )
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
         rss_kb, user, system = usage.read_text().split("\n")[-2].split()
-    output = done.stdout.decode(errors="replace")
+    output = m.done.stdout.decode(errors="replace")
     return Run(
-        seconds, float(user) + float(system), int(rss_kb) / 1024, done.returncode, output, busy,
-        profile_of(recorder, busy),
+        m.seconds, float(user) + float(system), int(rss_kb) / 1024, m.done.returncode, output,
+        m.machine_cpu, m.profile,
     )
 
 
@@ -422,16 +424,11 @@ def run_baseline(s: Scenario, plan: Path, parallel: int, account: Path | None = 
     """bench/baseline.sh's wall and machine CPU seconds (and profile); it must succeed."""
     argv = ["bash", str(BASELINE), str(plan), str(parallel), str(s.cluster.client_key),
             str(s.cluster.known_hosts)]
-    with profiled(account) as recorder:
-        busy = machine_cpu_seconds()
-        started = time.monotonic()
-        done = subprocess.run(argv, capture_output=True, text=True)
-        seconds = time.monotonic() - started
-        busy = machine_cpu_seconds() - busy
-    if done.returncode != 0:
-        output = done.stdout[-2000:] + done.stderr[-2000:]
-        raise SystemExit(f"bench: baseline failed ({done.returncode}):\n{output}")
-    return Run(seconds, 0.0, 0.0, 0, "", busy, profile_of(recorder, busy))
+    m = run_measured(argv, account, capture_output=True, text=True)
+    if m.done.returncode != 0:
+        output = m.done.stdout[-2000:] + m.done.stderr[-2000:]
+        raise SystemExit(f"bench: baseline failed ({m.done.returncode}):\n{output}")
+    return Run(m.seconds, 0.0, 0.0, 0, "", m.machine_cpu, m.profile)
 
 
 @dataclass(frozen=True)

@@ -378,7 +378,7 @@ def list_nodes(ctx: Ctx, cache: Optional[Dict[str, Done]] = None) -> List[Dict[s
     return nodes
 
 
-def list_at_once(ctx: Ctx, services: List[Ctx]) -> Dict[str, Done]:
+def list_at_once(services: List[Ctx]) -> Dict[str, Done]:
     """`<ctl> list -m local` of every distinct ctl of port services, run at the same time.
 
     The real ctl scripts start a JVM each (the better part of a second), and each lists only
@@ -388,7 +388,7 @@ def list_at_once(ctx: Ctx, services: List[Ctx]) -> Dict[str, Done]:
     for one in services:
         if one.service()["node_kind"] == "port" and has_ctl(one):
             ctls.setdefault(ctl_path(one), one)
-    if len(ctls) < 2:
+    if not ctls:
         return {}
     from concurrent.futures import ThreadPoolExecutor
 
@@ -859,7 +859,7 @@ def op_probe(ctx: Ctx) -> Dict[str, Any]:
         one.env = ctx.env
         probes.append(one)
     ctx.step = "list nodes"
-    listings = list_at_once(ctx, probes)
+    listings = list_at_once(probes)
     for one in probes:
         svc = one.service()
         ctx.step = f"probe {svc['name']}"
