@@ -13,6 +13,7 @@ from scmflow.resources import states_file
 
 NODE_KINDS = ("port", "daemon", "none")
 _VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
+_LISTED_RE = re.compile(r"[A-Z0-9][A-Z0-9-]*")
 _REQUIRED = (
     "name",
     "printed",
@@ -36,6 +37,7 @@ class Service:
     dir: str
     version_file: str
     ctl: str | None
+    listed: str | None
     stop_args: tuple[str, ...]
     node_kind: str
     package: tuple[str, ...]
@@ -66,6 +68,7 @@ class Service:
             "dir": self.dir,
             "version_file": self.version_file,
             "ctl": self.ctl,
+            "listed": self.listed,
             "stop_args": list(self.stop_args),
             "node_kind": self.node_kind,
             "replace": list(self.replace),
@@ -127,7 +130,7 @@ def _parse_service(path: Path, index: int, entry: Any) -> Service:
     if missing:
         raise CatalogError(f"{where}: missing {', '.join(missing)}")
     where = f"{path}: service '{entry['name']}'"
-    unknown = set(entry) - set(_REQUIRED) - {"ctl", "stop_args", "preserve", "since"}
+    unknown = set(entry) - set(_REQUIRED) - {"ctl", "listed", "stop_args", "preserve", "since"}
     if unknown:
         raise CatalogError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
     for key in ("name", "printed", "dir", "version_file", "node_kind"):
@@ -142,6 +145,11 @@ def _parse_service(path: Path, index: int, entry: Any) -> Service:
         raise CatalogError(f"{where}: 'ctl' must be a string")
     if entry["node_kind"] != "none" and not ctl:
         raise CatalogError(f"{where}: a service with nodes needs a 'ctl' script")
+    listed = entry.get("listed")
+    if listed is not None and not (isinstance(listed, str) and _LISTED_RE.fullmatch(listed)):
+        raise CatalogError(f"{where}: 'listed' must be an upper-case node name like SERVICE-CENTER")
+    if entry["node_kind"] == "port" and not listed:
+        raise CatalogError(f"{where}: a service with port nodes needs 'listed' (its name in `<ctl> list`)")
     lists = {k: _str_list(where, entry, k) for k in ("stop_args", "package", "replace", "preserve")}
     if not lists["package"] or not lists["replace"]:
         raise CatalogError(f"{where}: 'package' and 'replace' must not be empty")
@@ -159,6 +167,7 @@ def _parse_service(path: Path, index: int, entry: Any) -> Service:
         dir=entry["dir"],
         version_file=entry["version_file"],
         ctl=ctl,
+        listed=listed,
         stop_args=lists["stop_args"],
         node_kind=entry["node_kind"],
         package=lists["package"],

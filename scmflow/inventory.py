@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scmflow.agentcall import call_agent
+from scmflow.agentcall import AgentError, call_agent
 from scmflow.catalog import Service
 from scmflow.errors import RemoteError, ScmflowError
 from scmflow.remote import Session
@@ -43,6 +44,7 @@ class HostInventory:
     java_version: str
     services: dict[str, InstalledService]
     free: dict[str, int]
+    java: str = ""
 
     def version_of(self, service: str) -> str | None:
         """Installed version of `service`, or None."""
@@ -75,9 +77,13 @@ def probe_host(
         "java_home": java_home,
         "df_paths": list(df_paths),
     }
-    reply = call_agent(
-        session, "probe", spec, user=install_user, java_home=java_home, timeout=PROBE_TIMEOUT
-    )
+    try:
+        reply = call_agent(
+            session, "probe", spec, user=install_user, java_home=java_home, timeout=PROBE_TIMEOUT
+        )
+    except AgentError as exc:
+        # Nothing was changed: a host whose services cannot be read fails the check.
+        raise HostCheckError(str(exc)) from exc
     return _inventory_from_reply(session.host, install_path, reply)
 
 
@@ -97,12 +103,20 @@ def _inventory_from_reply(host: str, install_path: str, reply: dict[str, Any]) -
             f"[{host}] JAVA_HOME is not set: give JavaHome in the config "
             "or export it in /etc/profile"
         )
+    # The ctl tools run $JAVA_HOME/bin/java and start nodes with the first java on
+    # PATH=$JAVA_HOME/bin:$PATH; both must be the JDK of JAVA_HOME.
+    expected = posixpath.join(java_home, "bin", "java")
+    java = str(reply.get("java") or "")
+    if java != expected:
+        found = f"the first java on PATH is {java}" if java else "no java is on PATH"
+        raise HostCheckError(f"[{host}] {expected} is missing or not executable ({found})")
     java_version = str(reply.get("java_version") or "")
     if not java_version:
-        raise HostCheckError(f"[{host}] cannot run {java_home}/bin/java -version")
+        raise HostCheckError(f"[{host}] cannot run {java} -version")
     if java_key(java_version) < MIN_JAVA:
         raise HostCheckError(
-            f"[{host}] Java {java_version} at {java_home} is too old; SequoiaCM needs 1.8 or newer"
+            f"[{host}] Java {java_version} ({java}, first on PATH) is too old; "
+            "SequoiaCM needs 1.8 or newer"
         )
     services: dict[str, InstalledService] = {}
     for name, info in (reply.get("services") or {}).items():
@@ -113,7 +127,12 @@ def _inventory_from_reply(host: str, install_path: str, reply: dict[str, Any]) -
         services[name] = InstalledService(name=name, version=info.get("version"), nodes=nodes)
     free = {str(k): int(v) for k, v in (reply.get("free") or {}).items()}
     return HostInventory(
-        host=host, java_home=java_home, java_version=java_version, services=services, free=free
+        host=host,
+        java_home=java_home,
+        java_version=java_version,
+        java=java,
+        services=services,
+        free=free,
     )
 
 

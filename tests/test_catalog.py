@@ -36,6 +36,7 @@ priority = 4
 dir = "sequoiacm-cloud"
 version_file = "jars/sequoiacm-cloud-gateway-*.jar"
 ctl = "scmcloudctl.sh"
+listed = "GATEWAY"
 stop_args = ["stop", "-t", "gateway"]
 node_kind = "port"
 package = ["package/sequoiacm-cloud-{version}-release.tar.gz"]
@@ -173,6 +174,8 @@ def test_good_minimal_catalog_loads(tmp_path: Path) -> None:
         (GOOD_ENTRY.replace("priority = 4", 'priority = "4"'), "'priority' must be an integer"),
         (GOOD_ENTRY.replace("priority = 4", "priority = true"), "'priority' must be an integer"),
         (GOOD_ENTRY.replace('ctl = "scmcloudctl.sh"\n', ""), "needs a 'ctl' script"),
+        (GOOD_ENTRY.replace('listed = "GATEWAY"\n', ""), "needs 'listed'"),
+        (GOOD_ENTRY.replace('listed = "GATEWAY"', 'listed = "GATEWAY_"'), "'listed' must be"),
         (GOOD_ENTRY.replace('"bin",', '"../bin",'), "path '../bin' must stay inside"),
         (GOOD_ENTRY.replace('"bin",', '"/bin",'), "path '/bin' must stay inside"),
         (GOOD_ENTRY.replace('replace = ["bin", ', "replace = [1, "), "'replace' must be a list"),
@@ -198,3 +201,26 @@ def test_bad_catalog(tmp_path: Path, text: str, message: str) -> None:
 def test_unreadable_catalog(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="cannot read service catalog"):
         load_catalog(tmp_path / "absent.toml")
+
+
+# The reference's Nodes section: the ctl tools print getName().toUpperCase(), hyphen kept.
+LISTED_BY_REFERENCE = {
+    "service-center": "SERVICE-CENTER",
+    "service-trace": "SERVICE-TRACE",
+    "auth-server": "AUTH-SERVER",
+    "mq-server": "MQ-SERVER",
+    "config-server": "CONFIG-SERVER",
+    "schedule-server": "SCHEDULE-SERVER",
+    "gateway": "GATEWAY",
+    "content-server": "CONTENT-SERVER",
+    "admin-server": "ADMIN-SERVER",
+    "om-server": "OM-SERVER",
+    "fulltext-server": "FULLTEXT-SERVER",
+    "s3-server": "S3-SERVER",
+}
+
+
+def test_listed_names_are_the_reference_listing_names() -> None:
+    catalog = load_catalog()
+    listed = {s.name: s.listed for s in catalog.services if s.node_kind == "port"}
+    assert listed == LISTED_BY_REFERENCE

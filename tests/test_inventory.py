@@ -20,6 +20,7 @@ GOOD_REPLY: dict[str, Any] = {
     "ok": True,
     "install_path_exists": True,
     "java_home": "/usr/local/java/jdk1.8.0_221",
+    "java": "/usr/local/java/jdk1.8.0_221/bin/java",
     "java_version": "1.8.0_221",
     "services": {
         "gateway": {
@@ -168,10 +169,23 @@ def test_a_user_who_cannot_sudo_is_refused() -> None:
         ({"java_version": ""}, "[h1] cannot run /usr/local/java/jdk1.8.0_221/bin/java -version"),
         (
             {"java_version": "1.7.0_80"},
-            "[h1] Java 1.7.0_80 at /usr/local/java/jdk1.8.0_221 is too old; SequoiaCM needs 1.8 or newer",
+            "[h1] Java 1.7.0_80 (/usr/local/java/jdk1.8.0_221/bin/java, first on PATH) is too old; "
+            "SequoiaCM needs 1.8 or newer",
+        ),
+        (
+            {"java": "/usr/bin/java"},
+            "[h1] /usr/local/java/jdk1.8.0_221/bin/java is missing or not executable "
+            "(the first java on PATH is /usr/bin/java)",
+        ),
+        (
+            {"java": None},
+            "[h1] /usr/local/java/jdk1.8.0_221/bin/java is missing or not executable (no java is on PATH)",
         ),
     ],
-    ids=["no-install-path", "empty-java-home", "no-java-home", "java-does-not-run", "old-java"],
+    ids=[
+        "no-install-path", "empty-java-home", "no-java-home", "java-does-not-run", "old-java",
+        "other-java-first", "no-java",
+    ],
 )
 def test_a_bad_host_is_refused_with_one_clear_line(change: dict[str, Any], message: str) -> None:
     session = FakeSession({**GOOD_REPLY, **change})
@@ -185,8 +199,10 @@ def test_java_8_and_later_pass(version: str) -> None:
     assert probe(FakeSession({**GOOD_REPLY, "java_version": version})).java_version == version
 
 
-def test_an_agent_failure_is_a_remote_error_naming_the_host() -> None:
-    session = FakeSession({"ok": False, "error": "python3 too old"})
-    with pytest.raises(RemoteError) as caught:
+def test_an_agent_failure_fails_the_host_check_naming_the_host() -> None:
+    error = "cannot list the nodes on h1: `scmctl.sh list -m local` exited 1"
+    session = FakeSession({"ok": False, "error": error})
+    with pytest.raises(HostCheckError) as caught:
         probe(session)
-    assert str(caught.value) == "[h1] probe failed: python3 too old"
+    assert str(caught.value) == f"[h1] probe failed: {error}"
+    assert caught.value.exit_code == 2
