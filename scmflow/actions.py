@@ -114,8 +114,10 @@ class HostActions:
         }
 
     def _start_timeout(self, pair: Pair) -> float:
+        # The agent allows each node's start `start_timeout + 60` s (agent.start_service),
+        # one node after another, plus a listing.
         count = len(pair.running_ports) + (1 if pair.daemon_running else 0)
-        return float(self.layout.start_timeout * max(count, 1) + 120)
+        return float((self.layout.start_timeout + 60) * max(count, 1) + 120)
 
     def _backup(self, pair: Pair) -> tuple[dict[str, Any], float]:
         return self._base(pair), 3600.0

@@ -17,6 +17,7 @@ nothing from scmflow, and its annotations use `typing` generics (3.6 evaluates t
 import base64
 import errno
 import fcntl
+import fnmatch
 import functools
 import glob
 import json
@@ -25,6 +26,7 @@ import pwd
 import re
 import shlex
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -39,6 +41,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 # ---------------------------------------------------------------- control side
 
 SERVE = "--serve"
+# -I: sudo keeps the login user's home as the working directory, and `python3 -c` would
+# put it first on sys.path, so a module planted there (`base64.py`) would run as the
+# target user; -I also ignores PYTHON* variables and the user's site-packages.
+_PYTHON = ("python3", "-I", "-c")
 _BOOT = (
     "import sys,zlib,base64;g={'__name__':'scmflow_agent'};"
     "exec(zlib.decompress(base64.b64decode(sys.argv[1])),g);"
@@ -48,17 +54,30 @@ _BOOT = (
 
 def agent_argv(op: str, spec: Dict[str, Any]) -> List[str]:
     """The argv that runs `op` with `spec` on a host: python3 with this file inlined."""
-    return ["python3", "-c", _BOOT, _payload(), op, json.dumps(spec, sort_keys=True)]
+    return [*_PYTHON, _BOOT, _payload(), op, json.dumps(spec, sort_keys=True)]
 
 
 def serve_argv() -> List[str]:
     """The argv of a long-lived agent that reads requests on stdin (see `serve`)."""
-    return ["python3", "-c", _BOOT, _payload(), SERVE]
+    return [*_PYTHON, _BOOT, _payload(), SERVE]
 
 
-def request_line(op: str, spec: Dict[str, Any]) -> bytes:
-    """One request for a serving agent."""
-    return (json.dumps({"op": op, "spec": spec}, sort_keys=True) + "\n").encode()
+# A serving agent's first line: what it is and which request/reply protocol it speaks.
+GREETING_KEY = "scmflow_agent"
+PROTOCOL = 2
+
+
+def request_line(op: str, spec: Dict[str, Any], request_id: Optional[int] = None) -> bytes:
+    """One request for a serving agent; its reply carries the same `id`."""
+    request: Dict[str, Any] = {"op": op, "spec": spec}
+    if request_id is not None:
+        request["id"] = request_id
+    return (json.dumps(request, sort_keys=True) + "\n").encode()
+
+
+def is_greeting(line: Dict[str, Any]) -> bool:
+    """Whether a line from a serving agent is its greeting, of this protocol."""
+    return line.get(GREETING_KEY) == PROTOCOL
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,16 +99,27 @@ def parse_agent_output(stdout: str) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------- host side: basics
 
-_NODE_LINE = re.compile(r"^\s*(\S+)\((\d+)\)\s+\((\d+|-)\)\s*$")
+# `NAME(PORT) (PID)` or `NAME(PORT) (-)`; `-l` appends the properties path.
+_NODE_LINE = re.compile(r"^\s*(\S+)\((\d+)\)\s+\((\d+|-)\)(?:\s.*)?$")
+_TOTAL_LINE = re.compile(r"^\s*Total:\s*(\d+)\s*$")
 _JAVA_VERSION = re.compile(r'version "([^"]+)"')
 _PROFILE_JAVA_HOME = '. "$1" >/dev/null 2>&1; printf %s "$JAVA_HOME"'
 _STAGING_PREFIX = ".scmflow-staging-"
 _SPACE_MARGIN = 1 << 20
 _OUTPUT_TAIL = 3
+# What a step keeps of one command's output (the reply travels on one line).
+_OUTPUT_LIMIT = 1 << 20
 # Real ctl scripts return once their nodes are gone; this covers a slow exit.
 _STOP_WAIT = 15.0
 _POLL = 0.2
-_LISTS_AT_ONCE = 8
+# Each ctl call starts a JVM: a host's check starts at most this many at once, so the
+# check cannot itself exhaust the memory whose shortage it must detect.
+_LISTS_AT_ONCE = 2
+# A listing that did not end in `Total:N` (a JVM that could not start) is tried once more.
+_LIST_RETRY_PAUSE = 1.0
+# The ctl tools' exit code for a listing that found no node (ScmExitCode.EMPTY_OUT).
+_EMPTY_OUT = 1
+_HEALTH_PATHS = ("/internal/v1/health", "/health")
 
 
 class Failure(Exception):
@@ -109,9 +139,14 @@ class Ctx:
         self.step = "start"
         self.host = socket.gethostname()
         self.env = dict(os.environ)
-        if spec.get("java_home"):
-            self.env["JAVA_HOME"] = str(spec["java_home"])
+        # The control side names the JDK in the spec (probe) or as JAVA_HOME (every step).
+        java_home = spec.get("java_home") or self.env.get("JAVA_HOME")
+        if java_home:
+            use_java(self.env, str(java_home))
         self.command_timeout = float(spec.get("command_timeout") or 600)
+        # The control side waits `step_timeout` plus a margin: the agent gives up first.
+        budget = spec.get("step_timeout")
+        self.deadline = time.monotonic() + float(budget) if budget else None
 
     def need(self, key: str) -> str:
         """A required string value of the spec; Failure naming the key when absent."""
@@ -144,6 +179,18 @@ class Ctx:
         return path
 
 
+def use_java(env: Dict[str, str], java_home: str) -> None:
+    """JAVA_HOME, and its bin/ first on PATH, as the vendor's upgrader sets them.
+
+    The ctl tools start nodes with `nohup java`, the first java on PATH: without this a
+    host's OS JDK (often a newer one at /usr/bin/java) would run the nodes and fail.
+    """
+    env["JAVA_HOME"] = java_home
+    bindir = os.path.join(java_home, "bin")
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != bindir]
+    env["PATH"] = os.pathsep.join([bindir] + rest)
+
+
 class Done:
     """What one command did."""
 
@@ -168,6 +215,11 @@ class Done:
 def run_command(ctx: Ctx, argv: List[str], timeout: Optional[float] = None, check: bool = True) -> Done:
     """Run argv without a shell; output goes to files so detached children cannot hold it."""
     limit = timeout if timeout is not None else ctx.command_timeout
+    if ctx.deadline is not None:
+        left = ctx.deadline - time.monotonic()
+        if left <= 0:
+            raise Failure(f"the step ran out of its time before `{os.path.basename(argv[0])}` could run")
+        limit = min(limit, left)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             # A new session, so nodes a ctl script starts outlive the SSH channel.
@@ -185,7 +237,11 @@ def run_command(ctx: Ctx, argv: List[str], timeout: Optional[float] = None, chec
         try:
             code = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # The whole group: a ctl script's JVM must not outlive the step that gave up on it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
             proc.wait()
             done = Done(argv, -9, _read_all(out), _read_all(err))
             raise Failure(f"{done.describe()} after the {limit:g}s timeout") from None
@@ -196,8 +252,17 @@ def run_command(ctx: Ctx, argv: List[str], timeout: Optional[float] = None, chec
 
 
 def _read_all(stream: Any) -> str:
+    """A command's output; past `_OUTPUT_LIMIT` its head and tail with a note between."""
+    size = stream.seek(0, os.SEEK_END)
     stream.seek(0)
-    return str(stream.read().decode("utf-8", "replace"))
+    if size <= _OUTPUT_LIMIT:
+        return str(stream.read().decode("utf-8", "replace"))
+    half = _OUTPUT_LIMIT // 2
+    head = stream.read(half)
+    stream.seek(size - half)
+    tail = stream.read(half)
+    note = f"\n[scmflow: {size - 2 * half} bytes of output cut]\n".encode()
+    return str((head + note + tail).decode("utf-8", "replace"))
 
 
 def one_line(text: str) -> str:
@@ -222,18 +287,44 @@ def remove_path(path: str) -> None:
 
 
 def copy_tree(src: str, dst: str) -> None:
-    """Copy a file, link or tree exactly: modes, links as links, mtimes (dirs last)."""
+    """Copy a file, link or tree exactly: owner, group, mode, links as links, mtimes (dirs last)."""
     st = os.lstat(src)
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(src), dst)
+        keep_owner(st, dst)
         shutil.copystat(src, dst, follow_symlinks=False)
     elif stat.S_ISDIR(st.st_mode):
         os.mkdir(dst)
         for name in sorted(os.listdir(src)):
             copy_tree(os.path.join(src, name), os.path.join(dst, name))
+        keep_owner(st, dst)
         shutil.copystat(src, dst)
     elif stat.S_ISREG(st.st_mode):
         shutil.copy2(src, dst)
+        # chown clears set-id bits, so the mode is set again after it.
+        if keep_owner(st, dst):
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+def keep_owner(st: os.stat_result, dst: str) -> bool:
+    """Give `dst` (not following a link) the owner and group in `st`; whether it changed.
+
+    A copy belongs to whoever made it, in that user's primary group; an install tree's
+    group (InstallUserGroup) often differs, and a restore must bring it back too.
+    """
+    now = os.lstat(dst)
+    uid = st.st_uid if st.st_uid != now.st_uid else -1
+    gid = st.st_gid if st.st_gid != now.st_gid else -1
+    if uid == -1 and gid == -1:
+        return False
+    try:
+        os.chown(dst, uid, gid, follow_symlinks=False)
+    except OSError as exc:
+        raise Failure(
+            f"cannot give {dst} the owner {st.st_uid}:{st.st_gid} that its original has: {exc.strerror}",
+            "owner",
+        ) from None
+    return True
 
 
 def merge_tree(src: str, dst: str) -> None:
@@ -245,6 +336,7 @@ def merge_tree(src: str, dst: str) -> None:
             os.mkdir(dst)
         for name in sorted(os.listdir(src)):
             merge_tree(os.path.join(src, name), os.path.join(dst, name))
+        keep_owner(os.lstat(src), dst)
         shutil.copystat(src, dst)
     else:
         remove_path(dst)
@@ -287,14 +379,26 @@ def require_space(ctx: Ctx, path: str, size: int) -> None:
         raise Failure(f"not enough space on {ctx.host}:{path}: need {need}, have {have}", "space")
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write a file by rename, with the data and the directory entry fsynced."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomic(path: str, data: bytes, mode: int = 0o666) -> None:
+    """Write a file by rename, with the data and the directory entry fsynced.
+
+    The temporary file's name is this writer's alone and it is created exclusively without
+    following links: two writers never share it (a shared `path.tmp` let them interleave),
+    and a link planted at a guessable name is never written through. `mode` goes through
+    the umask, as with open().
+    """
+    tmp = f"{path}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
     fsync_dir(os.path.dirname(path))
 
 
@@ -358,31 +462,128 @@ def has_ctl(ctx: Ctx) -> bool:
     return bool(ctx.service().get("ctl")) and os.path.isfile(ctl_path(ctx))
 
 
+def list_command(ctx: Ctx) -> List[str]:
+    """`<ctl> list -m local`: every configured node of the ctl's directory, running or not."""
+    return [ctl_path(ctx), "list", "-m", "local"]
+
+
+def listing_total(done: Done) -> Optional[int]:
+    """N of a listing that ends in `Total:N` with a matching exit code, else None.
+
+    Only such output is a listing: a ctl whose JVM could not start prints nothing on
+    stdout, and a bare exit 1 would otherwise read as "no node runs".
+    """
+    lines = [line for line in done.out.splitlines() if line.strip()]
+    m = _TOTAL_LINE.match(lines[-1]) if lines else None
+    if m is None:
+        return None
+    total = int(m.group(1))
+    if done.code == 0 or (done.code == _EMPTY_OUT and total == 0):
+        return total
+    return None
+
+
+def read_listing(ctx: Ctx) -> Done:
+    """Run the ctl's listing; once more after a pause when it is not one; Failure after that."""
+    argv = list_command(ctx)
+    done = run_command(ctx, argv, check=False)
+    if listing_total(done) is None:
+        time.sleep(_LIST_RETRY_PAUSE)
+        done = run_command(ctx, argv, check=False)
+    if listing_total(done) is None:
+        raise Failure(f"cannot list the nodes on {ctx.host}: {done.describe()}", "list")
+    return done
+
+
+def configured_ports(ctx: Ctx) -> List[int]:
+    """Ports of the service's nodes: the directories `<dir>/conf/<service>/<port>/`."""
+    conf = os.path.join(ctx.service_dir(), "conf", str(ctx.service()["name"]))
+    try:
+        names = os.listdir(conf)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(conf, n)))
+
+
+def node_process_matches(ctx: Ctx, port: int, pid: int) -> bool:
+    """Whether `pid` is alive and its command line names this node's jar and config dir."""
+    argv = _cmdline(pid)
+    return bool(argv) and names_node(ctx, port, argv or [])
+
+
+def names_node(ctx: Ctx, port: int, argv: List[str]) -> bool:
+    """Whether a command line is the node's: it names the service's jar and the node's config."""
+    svc = ctx.service()
+    jar_glob = os.path.basename(str(svc["version_file"]))
+    conf = f"conf/{svc['name']}/{port}"
+    names_jar = any(fnmatch.fnmatchcase(os.path.basename(word), jar_glob) for word in argv)
+    names_conf = any(conf + "/" in word or word.endswith(conf) for word in argv)
+    return names_jar and names_conf
+
+
+def scan_nodes(ctx: Ctx) -> Dict[int, int]:
+    """port -> pid of the service's configured nodes found among this host's processes.
+
+    For when the ctl cannot list them (a replace cut short removed bin/ or the tools jar).
+    """
+    ports = configured_ports(ctx)
+    install = ctx.service_dir() + os.sep
+    found: Dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or not _same_mount_namespace(int(name)):
+            continue
+        argv = _cmdline(int(name))
+        if not argv or not any(install in word for word in argv):
+            continue
+        for port in ports:
+            if names_node(ctx, port, argv):
+                found[port] = int(name)
+    return found
+
+
 def list_nodes(ctx: Ctx, cache: Optional[Dict[str, Done]] = None) -> List[Dict[str, Any]]:
-    """The service's port nodes from `<ctl> list -m local`; none when the ctl is absent."""
+    """The service's port nodes from its ctl's listing; none when the ctl is absent.
+
+    Every configured node must be listed; a listed pid counts as running only when that
+    process is alive and is the node (see `node_process_matches`).
+    """
     if not has_ctl(ctx):
         return []
     ctl = ctl_path(ctx)
     done = cache.get(ctl) if cache is not None else None
     if done is None:
-        done = run_command(ctx, [ctl, "list", "-m", "local"], check=False)
+        done = read_listing(ctx)
         if cache is not None:
             cache[ctl] = done
-    printed = ctx.service()["printed"]
-    nodes = []
+    svc = ctx.service()
+    listed: Dict[int, Optional[int]] = {}
     for line in done.out.splitlines():
         m = _NODE_LINE.match(line)
-        if m and m.group(1) == printed:
-            pid = None if m.group(3) == "-" else int(m.group(3))
-            nodes.append({"port": int(m.group(2)), "pid": pid, "running": pid is not None})
+        if m and m.group(1) == svc["listed"]:
+            listed[int(m.group(2))] = None if m.group(3) == "-" else int(m.group(3))
+    missing = [p for p in configured_ports(ctx) if p not in listed]
+    if missing:
+        ports = ", ".join(str(p) for p in missing)
+        raise Failure(
+            f"{svc['printed']} on {ctx.host}: the node(s) configured on port {ports} are missing "
+            f"from `{os.path.basename(ctl)} list -m local`, which lists every configured node",
+            "list",
+        )
+    nodes = []
+    for port, pid in sorted(listed.items()):
+        running = pid is not None and node_process_matches(ctx, port, pid)
+        node: Dict[str, Any] = {"port": port, "pid": pid if running else None, "running": running}
+        if pid is not None and not running:
+            node["stale_pid"] = pid
+        nodes.append(node)
     return nodes
 
 
 def list_at_once(services: List[Ctx]) -> Dict[str, Done]:
-    """`<ctl> list -m local` of every distinct ctl of port services, run at the same time.
+    """The listing of every distinct ctl of port services, a few side by side.
 
-    The real ctl scripts start a JVM each (the better part of a second), and each lists only
-    its own directory's nodes, so a host's listings run side by side rather than in turn.
+    Each real ctl call starts a JVM (the better part of a second) and lists only its own
+    directory's nodes, so listings overlap, but no more than `_LISTS_AT_ONCE` JVMs at once.
     """
     ctls: Dict[str, Ctx] = {}
     for one in services:
@@ -393,10 +594,7 @@ def list_at_once(services: List[Ctx]) -> Dict[str, Done]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(len(ctls), _LISTS_AT_ONCE)) as pool:
-        futures = {
-            ctl: pool.submit(run_command, one, [ctl, "list", "-m", "local"], None, False)
-            for ctl, one in ctls.items()
-        }
+        futures = {ctl: pool.submit(read_listing, one) for ctl, one in ctls.items()}
         return {ctl: future.result() for ctl, future in futures.items()}
 
 
@@ -493,13 +691,25 @@ def stop_service(ctx: Ctx) -> Dict[str, Any]:
         return _stop_daemon(ctx)
     if kind != "port":
         return {"stopped": []}
+    svc = ctx.service()
+    try:
+        before = running_ports(ctx)
+    except Failure as exc:
+        # Only a replace cut short leaves a ctl that cannot list (its tools jar gone), and
+        # it had stopped the nodes first: confirm that from the processes themselves.
+        left = scan_nodes(ctx)
+        if left:
+            names = ", ".join(f"{svc['printed']}({port}) pid {pid}" for port, pid in sorted(left.items()))
+            raise Failure(f"{exc.message}, and nodes still run: {names}", "stop") from None
+        return {"stopped": [], "unlisted": exc.message}
     if not has_ctl(ctx):
-        # Only a replace interrupted after the stop removes bin/: the nodes are down.
+        left = scan_nodes(ctx)
+        if left:
+            message = f"{svc['printed']} nodes run on ports {sorted(left)} but {ctl_path(ctx)} is missing"
+            raise Failure(message, "stop")
         return {"stopped": [], "ctl_missing": True}
-    before = running_ports(ctx)
     if not before:
         return {"stopped": []}
-    svc = ctx.service()
     done = run_command(ctx, [ctl_path(ctx)] + list(svc["stop_args"]), check=False)
     if done.code == 0 and wait_for(lambda: not any(pid_alive(p) for p in before.values()), _STOP_WAIT):
         # Every node the listing showed is gone and the stop succeeded: no second listing.
@@ -558,14 +768,63 @@ def start_service(
     return {"started": started, "already_running": already, "daemon_started": daemon_started}
 
 
-def http_answers(port: int, timeout: float = 5.0) -> bool:
-    """Whether 127.0.0.1:port accepts a connection and answers GET / with any HTTP status."""
+def node_health(port: int, timeout: float = 5.0) -> Tuple[Optional[str], Optional[str]]:
+    """(status, version) a node reports on its health endpoint on this host; (None, None) if none.
+
+    SequoiaCM nodes answer `/internal/v1/health` (Spring Boot actuator style, `status`
+    UP when ready); `/health` is asked when that path is unknown to the node.
+    """
+    for path in _HEALTH_PATHS:
+        code, body = _http_get(port, path, timeout)
+        if code == 404:
+            continue
+        if code != 200:
+            return None, None
+        try:
+            answer = json.loads(body.decode("utf-8", "replace"))
+        except ValueError:
+            return None, None
+        if not isinstance(answer, dict):
+            return None, None
+        version = answer.get("version")
+        return str(answer.get("status") or ""), (str(version) if version is not None else None)
+    return None, None
+
+
+def _http_get(port: int, path: str, timeout: float) -> Tuple[int, bytes]:
+    """Status code and body of GET http://127.0.0.1:port/path; (0, b"") when there is no answer."""
+    request = f"GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    data = b""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-            conn.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            return conn.recv(16).startswith(b"HTTP/")
+            conn.sendall(request)
+            while len(data) < (1 << 20):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
     except OSError:
-        return False
+        return 0, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    words = head.split(b"\r\n", 1)[0].split()
+    if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+        return 0, b""
+    return int(words[1]), body
+
+
+def node_problem(ctx: Ctx, port: int, running: Dict[int, int], version: Optional[str]) -> Optional[str]:
+    """Why the node on `port` is not running the expected version and healthy, or None."""
+    name = f"{ctx.service()['printed']}({port})"
+    if port not in running:
+        return f"{name} is not running"
+    status, reported = node_health(port)
+    if status is None:
+        return f"{name} does not answer its health endpoint on port {port}"
+    if status.upper() != "UP":
+        return f"{name} reports status {status or 'none'}, not UP"
+    if version is not None and reported is not None and reported != version:
+        return f"{name} runs version {reported}, not {version}"
+    return None
 
 
 def health_problems(
@@ -584,10 +843,9 @@ def health_problems(
             running = running_ports(ctx)
             state["pids"] = {str(p): running.get(p) for p in ports}
             for port in ports:
-                if port not in running:
-                    out.append(f"{ctx.service()['printed']}({port}) is not running")
-                elif not http_answers(port):
-                    out.append(f"{ctx.service()['printed']}({port}) does not answer on port {port}")
+                problem = node_problem(ctx, port, running, version)
+                if problem:
+                    out.append(problem)
         if daemon:
             state["daemon_pid"] = daemon_pid(ctx)
             if state["daemon_pid"] is None:
@@ -821,7 +1079,9 @@ def swap_in(ctx: Ctx, staged: str, fresh: bool) -> List[str]:
     os.makedirs(base, exist_ok=True)
     moved: List[str] = []
     for pattern in ctx.service()["replace"]:
+        groups = {}
         for old in matches(base, pattern):
+            groups[os.path.relpath(old, base)] = os.lstat(old).st_gid
             remove_path(old)
         for new in matches(staged, pattern):
             rel = os.path.relpath(new, staged)
@@ -829,6 +1089,8 @@ def swap_in(ctx: Ctx, staged: str, fresh: bool) -> List[str]:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             remove_path(dst)
             os.rename(new, dst)
+            # New files join the install tree's group (InstallUserGroup), not the user's own.
+            adopt_group(dst, groups.get(rel, os.lstat(os.path.dirname(dst)).st_gid))
             moved.append(rel)
     if fresh:
         # The service was not on this host: it also needs the package's conf/ and the rest.
@@ -836,7 +1098,18 @@ def swap_in(ctx: Ctx, staged: str, fresh: bool) -> List[str]:
             dst = os.path.join(base, name)
             if not os.path.lexists(dst):
                 os.rename(os.path.join(staged, name), dst)
+                adopt_group(dst, os.lstat(base).st_gid)
     return moved
+
+
+def adopt_group(path: str, gid: int) -> None:
+    """Give `path` and everything under it (links themselves) the group `gid`."""
+    for entry in _walk(path):
+        st = os.lstat(entry)
+        if st.st_gid != gid:
+            os.chown(entry, -1, gid, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(entry, stat.S_IMODE(st.st_mode))
 
 
 # ---------------------------------------------------------------- ops
@@ -847,9 +1120,11 @@ def op_probe(ctx: Ctx) -> Dict[str, Any]:
     spec = ctx.spec
     java_home = spec.get("java_home") or _profile_java_home(ctx, str(spec.get("profile") or "/etc/profile"))
     if java_home:
-        ctx.env["JAVA_HOME"] = java_home
+        use_java(ctx.env, java_home)
     ctx.step = "java"
-    java_version = _java_version(ctx, java_home) if java_home else None
+    # The nodes run on the first java of the ctl tools' PATH: that is the one to check.
+    java = shutil.which("java", path=ctx.env.get("PATH")) if java_home else None
+    java_version = _java_version(ctx, java) if java else None
     install_path = ctx.need("install_path")
     free = {str(p): free_bytes(str(p)) for p in spec.get("df_paths") or []}
     services: Dict[str, Any] = {}
@@ -873,6 +1148,7 @@ def op_probe(ctx: Ctx) -> Dict[str, Any]:
         services[svc["name"]] = {"version": version, "nodes": nodes}
     return {
         "java_home": java_home or None,
+        "java": java,
         "java_version": java_version,
         "install_path_exists": os.path.isdir(install_path),
         "user": pwd.getpwuid(os.geteuid()).pw_name,
@@ -893,10 +1169,7 @@ def _profile_java_home(ctx: Ctx, profile: str) -> str:
     return done.out.strip()
 
 
-def _java_version(ctx: Ctx, java_home: str) -> Optional[str]:
-    java = os.path.join(java_home, "bin", "java")
-    if not os.path.isfile(java):
-        return None
+def _java_version(ctx: Ctx, java: str) -> Optional[str]:
     try:
         done = run_command(ctx, [java, "-version"], 60, check=False)
     except Failure:
@@ -1089,51 +1362,258 @@ def op_exists(ctx: Ctx) -> Dict[str, Any]:
 
 
 def op_lock(ctx: Ctx) -> Dict[str, Any]:
-    """Take the run lock: a file created exclusively; `force` takes it from another run."""
-    spec = ctx.spec
+    """Take the host's run lock, or say who holds it.
+
+    A free lock: a file holding this run's record appears whole (a hard link of a written
+    temporary file), or not at all. Held by this run: `already`. Held by another:
+    `{"locked": False, "holder", "holder_digest"}`, unless spec `take_from` is that
+    holder's digest: the control machine judged that very record dead (or the operator
+    broke it), and it is replaced - under an flock on the lock file, so of two breakers
+    only the first still finds the record it judged, and with the host's step lock held,
+    so never while an agent of the old holder is in a step (`step_pid` names it).
+    """
     path = ctx.need("lock_path")
-    mine = {
-        "run_id": ctx.need("run_id"),
-        "control_host": spec.get("control_host"),
-        "pid": spec.get("pid"),
-        "host": ctx.host,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    data = json.dumps(mine, sort_keys=True).encode()
+    data = json.dumps(_lock_record(ctx), sort_keys=True).encode()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        holder = read_json(path) or {}
-        if holder.get("run_id") == ctx.need("run_id"):
-            return {"locked": True, "already": True}
-        if not spec.get("force"):
-            raise Failure(
-                f"{path} on {ctx.host} is held by run {holder.get('run_id', '?')} from "
-                f"{holder.get('control_host', '?')} (pid {holder.get('pid', '?')}) "
-                f"since {holder.get('time', '?')}",
-                "lock",
-            ) from None
-        write_atomic(path, data)
-        return {"locked": True, "replaced": holder}
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return {"locked": True}
+    for _ in range(_LOCK_TRIES):
+        if _create_lock(path, data):
+            return {"locked": True}
+        fd = _open_lock(ctx, path)
+        if fd is None:
+            continue  # released in between: create it again
+        try:
+            reply = _lock_held(ctx, fd, path, data)
+        finally:
+            os.close(fd)
+        if reply is not None:
+            return reply
+    raise Failure(f"the run lock {path} on {ctx.host} kept changing hands; try again", "lock")
 
 
 def op_unlock(ctx: Ctx) -> Dict[str, Any]:
-    """Release the run lock if this run holds it."""
+    """Remove the run lock if this run holds it, or if it still is the record `take_from` names.
+
+    The second form clears a dead run's lock without taking it. Otherwise the reply names
+    the holder, as `op_lock` does.
+    """
     path = ctx.need("lock_path")
-    holder = read_json(path)
-    if not os.path.lexists(path):
+    fd = _open_lock(ctx, path)
+    if fd is None:
         return {"removed": False}
-    if holder is None or holder.get("run_id") != ctx.need("run_id"):
-        return {"removed": False, "holder": holder}
-    os.unlink(path)
-    return {"removed": True}
+    try:
+        _flock_lock_file(ctx, fd, path)
+        raw = _lock_bytes(fd, path)
+        if raw is None:
+            return {"removed": False}
+        holder, digest = _lock_holder(raw), _lock_digest(raw)
+        if holder.get("run_id") != ctx.need("run_id") and ctx.spec.get("take_from") != digest:
+            return {"removed": False, "holder": holder, "holder_digest": digest}
+        os.unlink(path)
+        fsync_dir(os.path.dirname(path))
+        return {"removed": True, "holder": holder}
+    finally:
+        os.close(fd)
+
+
+# Attempts of op_lock when the lock file is released or replaced under it.
+_LOCK_TRIES = 5
+# A takeover holds the lock file's flock while it waits (`step_wait`) for the step lock.
+_STEP_WAIT = 30.0
+_LOCK_FILE_WAIT = 2 * _STEP_WAIT
+
+
+def _lock_record(ctx: Ctx) -> Dict[str, Any]:
+    """The holder record: who the control machine says it is, and when and where it locked."""
+    spec = ctx.spec
+    record = {k: spec.get(k) for k in ("control_host", "pid", "boot_id", "pid_ns", "pid_start")}
+    record.update(
+        run_id=ctx.need("run_id"),
+        host=ctx.host,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    return record
+
+
+def _create_lock(path: str, data: bytes) -> bool:
+    """Create the lock file with `data` if there is none; link() makes it appear whole."""
+    tmp = f"{path}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+def _open_lock(ctx: Ctx, path: str) -> Optional[int]:
+    """The lock file, read-only, never through a link nor blocking on a FIFO; None if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Failure(f"{path} on {ctx.host} is a symbolic link, not a run lock", "lock") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Failure(f"{path} on {ctx.host} is not a regular file, not a run lock", "lock")
+    return fd
+
+
+def _flock_lock_file(ctx: Ctx, fd: int, path: str) -> None:
+    """Wait for the lock file's flock: takeovers and releases take turns on it."""
+    if not _flock_within(fd, _LOCK_FILE_WAIT):
+        raise Failure(f"another scmflow process keeps {path} on {ctx.host} busy", "lock")
+
+
+def _lock_bytes(fd: int, path: str) -> Optional[bytes]:
+    """The content of the flocked file `fd`, or None when `path` no longer names it."""
+    mine = os.fstat(fd)
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+        return None
+    return os.pread(fd, 1 << 16, 0)
+
+
+def _lock_holder(raw: bytes) -> Dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _lock_digest(raw: bytes) -> str:
+    """What a takeover compares: the exact record, so a newer holder never matches."""
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _lock_held(ctx: Ctx, fd: int, path: str, data: bytes) -> Optional[Dict[str, Any]]:
+    """op_lock's reply for an existing lock file `fd`; None when it was replaced meanwhile."""
+    _flock_lock_file(ctx, fd, path)
+    raw = _lock_bytes(fd, path)
+    if raw is None:
+        return None
+    holder, digest = _lock_holder(raw), _lock_digest(raw)
+    if holder.get("run_id") == ctx.need("run_id"):
+        return {"locked": True, "already": True}
+    refused = {"locked": False, "holder": holder, "holder_digest": digest}
+    if ctx.spec.get("take_from") != digest:
+        return refused
+    quiet, busy = _quiet_install(ctx)
+    if busy:
+        return dict(refused, step_pid=busy)
+    try:
+        write_atomic(path, data, 0o644)
+    finally:
+        if quiet is not None:
+            os.close(quiet)
+    return {"locked": True, "replaced": holder}
+
+
+def _quiet_install(ctx: Ctx) -> Tuple[Optional[int], str]:
+    """Hold the host's step lock for a takeover: (its fd, "") or (None, the step's pid).
+
+    Without spec `install_path` there is nothing to check: (None, "").
+    """
+    if not ctx.spec.get("install_path"):
+        return None, ""
+    fd = _open_step_lock(ctx, _install_dir(ctx))
+    if _flock_within(fd, float(ctx.spec.get("step_wait", _STEP_WAIT))):
+        return fd, ""
+    pid = _flock_holder(fd)
+    os.close(fd)
+    return None, pid
+
+
+def _install_dir(ctx: Ctx) -> str:
+    """The install directory's real path, from a validated spec `install_path`."""
+    base = ctx.need("install_path")
+    if not os.path.isabs(base) or os.path.normpath(base) != base or base == "/":
+        raise Failure(f"install path '{base}' must be absolute, normalised and not /", "spec")
+    return os.path.realpath(base)
+
+
+def _step_lock_dir(ctx: Ctx) -> Optional[str]:
+    """The directory whose flock is the step lock, when the spec asks for one (`lock_path`).
+
+    The install directory itself: every run on the host names the same one, whatever its
+    run dirs; the install user can always open it (it owns the tree); and as nothing is
+    created, nothing can be planted there and the install tree gains no file. An op that
+    names no install (abandon only removes its own run's backup) locks the run's backup dir,
+    the directory of its `lock_path`.
+    """
+    lock = ctx.spec.get("lock_path")
+    if not lock:
+        return None
+    if ctx.spec.get("install_path"):
+        return _install_dir(ctx)
+    parent = os.path.dirname(str(lock))
+    os.makedirs(parent, exist_ok=True)
+    return os.path.realpath(parent)
+
+
+def _open_step_lock(ctx: Ctx, path: str) -> int:
+    """Open a step lock directory read-only (a real path: its last part is not a link)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise Failure(f"{path} does not exist on {ctx.host}", "step-lock") from None
+    except OSError as exc:
+        message = f"cannot open {path} on {ctx.host} for its step lock: {exc.strerror}"
+        raise Failure(message, "step-lock") from None
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive flock on fd, polling for up to `seconds`; False if still held."""
+
+    def take() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    return wait_for(take, max(seconds, 0.0))
+
+
+def _flock_holder(fd: int) -> str:
+    """The pid holding an flock on fd's file, from /proc/locks; "?" when it cannot tell."""
+    st = os.fstat(fd)
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return "?"
+    loose = ""
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters read "1: -> FLOCK ..."
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if fields[5] == exact:
+            return fields[4]
+        # stacked filesystems (overlay) may name another device for the same inode
+        if not loose and fields[5].rsplit(":", 1)[-1] == str(st.st_ino):
+            loose = fields[4]
+    return loose or "?"
 
 
 _OPS: Dict[str, Callable[[Ctx], Dict[str, Any]]] = {
@@ -1154,35 +1634,25 @@ _UNLOCKED_OPS = ("lock", "unlock", "probe", "prepare", "exists")
 
 
 def hold_step_lock(ctx: Ctx, op: str) -> Optional[int]:
-    """With spec `lock_path`, hold an flock on it for the op so two steps never overlap."""
-    path = ctx.spec.get("lock_path")
-    if not path or op in _UNLOCKED_OPS:
+    """Hold the host's step lock for the op, so two steps never change an install at once.
+
+    It is an flock on the install directory (see `_step_lock_dir`), one per host: steps of
+    different runs exclude each other too, not only the steps of one run. A takeover of a
+    run lock (`op_lock`) takes it as well, so never happens during a step. The holder's pid
+    comes from /proc/locks, so nothing is ever written for it (a full disk must still let
+    the steps, and the rollback after a failed backup, run).
+    """
+    if op in _UNLOCKED_OPS:
+        return None
+    path = _step_lock_dir(ctx)
+    if path is None:
         return None
     ctx.step = "step-lock"
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
-
-    def take() -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        return True
-
-    if not wait_for(take, float(ctx.spec.get("lock_wait") or 30)):
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+    fd = _open_step_lock(ctx, path)
+    if not _flock_within(fd, float(ctx.spec.get("lock_wait") or 30)):
+        holder = _flock_holder(fd)
         os.close(fd)
         raise Failure(f"another scmflow step (pid {holder}) holds {path} on {ctx.host}", "step-lock")
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-    except OSError as exc:
-        # The pid is only for the message above; a full disk must still let steps (and
-        # the rollback that follows a failed backup) run, and fail with their own messages.
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
     return fd
 
 
@@ -1192,6 +1662,8 @@ def main(argv: List[str]) -> int:
     One op (`OP SPEC-JSON`) exits 0 on success, 1 on failure. `--serve` answers one
     request line (`{"op", "spec"}`) after another until stdin ends, then exits 0.
     """
+    # Nothing relative may resolve in a directory that another user controls.
+    os.chdir("/")
     if argv == [SERVE]:
         return serve(sys.stdin.buffer, sys.stdout)
     if len(argv) != 2:
@@ -1204,20 +1676,30 @@ def main(argv: List[str]) -> int:
 
 
 def serve(requests: Any, replies: Any) -> int:
-    """Answer request lines from `requests` on `replies` until end of input."""
+    """Greet, then answer request lines from `requests` on `replies` until end of input.
+
+    The greeting proves that what reads the requests is this agent (not a sudo prompt
+    or a shell); each reply names its request's id, so a reply cannot be taken for
+    another request's.
+    """
+    replies.write(json.dumps({GREETING_KEY: PROTOCOL, "pid": os.getpid()}, sort_keys=True) + "\n")
+    replies.flush()
     while True:
         line = requests.readline()
         if not line:
             return 0
         if not line.strip():
             continue
+        request_id = None
         try:
             request = json.loads(line)
+            request_id = request.get("id")
             op, spec = request["op"], request["spec"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             reply: Dict[str, Any] = {"ok": False, "error": "malformed request line", "step": "args"}
         else:
             reply = run_op(op, spec)
+        reply["id"] = request_id
         replies.write(json.dumps(reply, sort_keys=True) + "\n")
         replies.flush()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from scmflow import agent
@@ -19,6 +19,17 @@ from scmflow.remote import Session, Stream, StreamEnded
 
 # Lines a serving agent may print before its reply (none expected) that are kept for errors.
 _NOISE_KEEP = 20
+# How long a new serving agent may take to greet (Python's start-up on a busy host).
+GREETING_TIMEOUT = 60.0
+# A step's agent gets `timeout` as its own budget (`step_timeout`) and gives up when it
+# runs out; the control side waits this much longer, so it never abandons a step that the
+# agent is still carrying out.
+STEP_MARGIN = 60.0
+
+
+def with_budget(spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+    """The spec with the agent's own time budget for the step."""
+    return {**spec, "step_timeout": timeout}
 
 
 class AgentError(RemoteError):
@@ -42,7 +53,11 @@ def call_agent(
     """Run `op` with `spec` on the session's host as `user`; the agent's result on success."""
     env = {"JAVA_HOME": java_home} if java_home else None
     result = session.run(
-        agent.agent_argv(op, dict(spec)), user=user, env=env, timeout=timeout, check=False
+        agent.agent_argv(op, with_budget(spec, timeout)),
+        user=user,
+        env=env,
+        timeout=timeout + STEP_MARGIN,
+        check=False,
     )
     try:
         reply = agent.parse_agent_output(result.stdout)
@@ -70,15 +85,20 @@ class AgentLink:
         self.env = {"JAVA_HOME": java_home} if java_home else None
         self._lock = threading.Lock()
         self._stream: Stream | None = None
+        self._last_id = 0
 
     def call(self, op: str, spec: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
         """Run `op` with `spec`; the agent's result on success (AgentError/RemoteError if not)."""
         with self._lock:
+            fresh = self._stream is None
             if self._stream is None:
                 self._stream = self.session.open_stream(agent.serve_argv(), user=self.user, env=self.env)
             stream = self._stream
+            self._last_id += 1
             try:
-                reply = self._exchange(stream, op, spec, timeout)
+                if fresh:
+                    self._await_greeting(stream, op)
+                reply = self._exchange(stream, op, spec, timeout, self._last_id)
             except BaseException:
                 # a stream in an unknown position (or a dead agent) is not reused
                 self._stream = None
@@ -93,8 +113,28 @@ class AgentLink:
         if stream is not None:
             stream.close()
 
-    def _exchange(self, stream: Stream, op: str, spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-        stream.send(agent.request_line(op, dict(spec)))
+    def _await_greeting(self, stream: Stream, op: str) -> None:
+        """Read up to the agent's greeting; nothing is sent to a process that has not greeted."""
+        self._read_reply(stream, f"{op} (the host agent's greeting)", GREETING_TIMEOUT, agent.is_greeting)
+
+    def _exchange(
+        self, stream: Stream, op: str, spec: Mapping[str, Any], timeout: float, request_id: int
+    ) -> dict[str, Any]:
+        stream.send(agent.request_line(op, with_budget(spec, timeout), request_id))
+        reply = self._read_reply(stream, op, timeout + STEP_MARGIN, lambda line: "ok" in line)
+        answered = reply.pop("id", None)
+        if answered != request_id:
+            # Out of step with the agent: no later answer on this stream can be trusted.
+            raise RemoteError(
+                self.session.host,
+                f"{op}: the host agent answered request {answered!r}, not request {request_id}",
+            )
+        return reply
+
+    def _read_reply(
+        self, stream: Stream, op: str, timeout: float, wanted: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The first JSON object line that `wanted` accepts; other lines are kept as noise."""
         deadline = time.monotonic() + timeout
         noise: list[str] = []
         while True:
@@ -117,7 +157,7 @@ class AgentLink:
                 reply = json.loads(text)
             except ValueError:
                 reply = None
-            if isinstance(reply, dict) and "ok" in reply:
+            if isinstance(reply, dict) and wanted(reply):
                 return reply
             if text:
                 noise = [*noise, text][-_NOISE_KEEP:]

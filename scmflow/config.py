@@ -17,8 +17,10 @@ a comment at the start of a line, so passwords and paths may contain it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -60,6 +62,7 @@ _PORT_RE = re.compile(r"^\d{1,5}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]+$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\$?$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,45 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class ConfigFile:
+    """The upgrade.cfg a run was started with: its absolute path and the sha256 of its bytes.
+
+    Recorded in the status file so that a rollback or resume without --upgrade-conf can
+    read the passwords from the same file, and only if it is still byte for byte the same.
+    """
+
+    path: str
+    sha256: str
+
+    def to_record(self) -> dict[str, str]:
+        """Plain data for the status file header: where and which bytes, never a password."""
+        return {"path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object]) -> ConfigFile:
+        """Inverse of `to_record`; ValueError unless it holds an absolute path and a sha256."""
+        path, digest = record.get("path"), record.get("sha256")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ValueError("the config record has no absolute path")
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise ValueError("the config record has no sha256")
+        return cls(path=path, sha256=digest)
+
+
+class StaleConfigError(ConfigError):
+    """The config a status file records cannot stand in for --upgrade-conf.
+
+    `reason` completes "the config recorded in the status file, PATH, ...": it is missing,
+    cannot be read, or has changed since the run.
+    """
+
+    def __init__(self, recorded: ConfigFile, reason: str) -> None:
+        super().__init__(f"the config recorded in the status file, {recorded.path}, {reason}")
+        self.recorded = recorded
+        self.reason = reason
+
+
+@dataclass(frozen=True)
 class UpgradeConfig:
     """A parsed upgrade.cfg; `services` None means every service."""
 
@@ -112,6 +154,8 @@ class UpgradeConfig:
     backup_path: str = DEFAULT_BACKUP_PATH
     # What was accepted but ignored (unknown columns or keys), one line each.
     warnings: tuple[str, ...] = ()
+    # The file it was read from; None when parsed from text (parse_config).
+    file: ConfigFile | None = None
 
     def host_names(self) -> tuple[str, ...]:
         """Host names in config order."""
@@ -176,21 +220,52 @@ class _CellError(ValueError):
 
 
 def load_config(path: Path, catalog: Catalog) -> UpgradeConfig:
-    """Read and parse the upgrade.cfg at `path`; every problem is a ConfigError."""
+    """Read and parse the upgrade.cfg at `path`; every problem is a ConfigError.
+
+    The result's `file` names the file by its absolute path and the sha256 of the very
+    bytes parsed, so what a run records is exactly what it used.
+    """
     where = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise ConfigError(f"cannot read the upgrade configuration: {reason}", path=where) from exc
+    config = parse_config(_decode(raw, where), where, catalog)
+    return replace(config, file=ConfigFile(path=os.path.abspath(path), sha256=_sha256(raw)))
+
+
+def load_recorded_config(recorded: ConfigFile, catalog: Catalog) -> UpgradeConfig:
+    """The config a status file records, if its file still holds the bytes the run used.
+
+    StaleConfigError when the file is missing, unreadable or changed; the bytes compared
+    are the bytes parsed, so a file replaced in between cannot slip through.
+    """
     try:
-        text = raw.decode("utf-8-sig")
+        raw = Path(recorded.path).read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise StaleConfigError(recorded, "is missing") from exc
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise StaleConfigError(recorded, f"cannot be read ({reason})") from exc
+    if _sha256(raw) != recorded.sha256:
+        raise StaleConfigError(recorded, "has changed since the run")
+    config = parse_config(_decode(raw, recorded.path), recorded.path, catalog)
+    return replace(config, file=recorded)
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(
             f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", path=where, line=line
         ) from exc
-    return parse_config(text, where, catalog)
 
 
 def parse_config(text: str, path: str, catalog: Catalog) -> UpgradeConfig:

@@ -94,6 +94,16 @@ class JournalError(ScmflowError):
     exit_code = 2
 
 
+class UntrustedStatusFile(JournalError):
+    """A status file whose MACs do not prove it was written by this control machine's key."""
+
+
+class StatusKeyError(ScmflowError):
+    """The status key file cannot be read, created or trusted."""
+
+    exit_code = 2
+
+
 class LockError(ScmflowError):
     """Another run holds the lock."""
 

@@ -1,10 +1,15 @@
-"""The upgrade-status file: an append-only, fsynced, hash-chained msgpack journal.
+"""The upgrade-status file: an append-only, fsynced, hash-chained, authenticated msgpack journal.
 
-On disk every record is one msgpack array `[payload, digest]`: `payload` is a packed map
-and `digest` its sha256. Record 0 is the header; every later payload carries its `seq`
+On disk every record is one msgpack array `[payload, digest, mac]`: `payload` is a packed
+map, `digest` its sha256 and `mac` its HMAC-SHA256 under the control machine's status key
+(scmflow/statuskey.py). Record 0 is the header; every later payload carries its `seq`
 and `prev`, the digest of the record before it. A crash can only leave an incomplete
 last record (a torn tail), which readers report and ignore; any other damage breaks a
-digest, the chain or the framing, and is reported with the first bad record.
+digest, the chain or the framing, and is reported with the first bad record. The chain
+shows that a file is whole; only the MACs show that this machine's key wrote it.
+
+Format version 1 frames are `[payload, digest]`, without a MAC. They are still read, as
+unauthenticated, and a journal given no key still writes them (the local demo).
 See docs/status-file.md for the format.
 """
 
@@ -25,9 +30,11 @@ from typing import Any
 import msgpack
 
 from scmflow.errors import JournalError, LockError
+from scmflow.statuskey import StatusKey
 
 FORMAT = "scmflow-status"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this scmflow reads and writes: records carry a MAC
+UNSIGNED_FORMAT_VERSION = 1  # records without a MAC: older files, and journals given no key
 FILE_PREFIX = "upgrade_status_"
 NAME_TIME_FORMAT = "%Y-%m-%d-%H:%M:%S"
 EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run"})
@@ -37,16 +44,71 @@ FAILED_STATE = "failed"
 
 # Keys the journal sets itself; a caller passing them would corrupt the chain's meaning.
 _EVENT_RESERVED = frozenset({"seq", "time", "epoch", "prev"})
-_HEADER_RESERVED = frozenset({"format", "format_version", "seq", "time", "epoch", "prev"})
+_HEADER_RESERVED = frozenset({"format", "format_version", "seq", "time", "epoch", "prev", "key_id"})
 _SECRET_WORDS = ("password", "passwd", "secret", "token")
 _DIGEST_SIZE = 32
-_FRAME_START = 0x92  # msgpack fixarray of two
-_DIGEST_HEAD = b"\xc4\x20"  # msgpack bin8 of 32 bytes
+_DIGEST_HEAD = b"\xc4\x20"  # msgpack bin8 of 32 bytes: the head of a digest and of a MAC
+_TRAILER_ITEM = len(_DIGEST_HEAD) + _DIGEST_SIZE
 _BIN_LENGTH_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 _MAGIC_WINDOW = 64
 _MAX_NAME_SUFFIX = 1000
 
 Clock = Callable[[], float]
+
+# What a file's records say about who wrote them (Authenticity.state).
+AUTHENTIC = "authentic"  # every MAC checks with the key given
+INVALID = "invalid"  # a MAC does not: the file was changed, or another key wrote it
+NO_KEY = "no key"  # the records carry MACs but no key was given to check them with
+UNSIGNED = "unsigned"  # format version 1: the records carry no MAC
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How the frames of one format version look: msgpack fixarray head, 32-byte items after the payload."""
+
+    start: int
+    trailer: int  # digest, then MAC
+
+    @property
+    def size(self) -> int:
+        """Bytes after the payload."""
+        return self.trailer * _TRAILER_ITEM
+
+
+_SHAPES = {1: _Shape(0x92, 1), 2: _Shape(0x93, 2)}
+_FRAME_STARTS = frozenset(shape.start for shape in _SHAPES.values())
+
+
+@dataclass(frozen=True)
+class Authenticity:
+    """Whether a status file's intact records were written by the holder of a key."""
+
+    state: str
+    first_bad_seq: int | None = None
+    key: StatusKey | None = None  # the key they were checked with
+    file_key_id: str | None = None  # the key id the header names (anyone could write it)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every record's MAC checks with the key."""
+        return self.state == AUTHENTIC
+
+    @property
+    def reason(self) -> str:
+        """What makes the file authentic or not, as one clause."""
+        named = f"the file names status key {self.file_key_id}" if self.file_key_id else ""
+        if self.state == AUTHENTIC:
+            assert self.key is not None
+            return f"every record's MAC is valid with {self.key.where}"
+        if self.state == UNSIGNED:
+            return "it is in status format version 1, whose records carry no MAC"
+        if self.state == NO_KEY:
+            return f"there is no status key to check its MACs with ({named or 'it names no key'})"
+        assert self.key is not None
+        where = f"record {self.first_bad_seq}'s MAC is not valid with {self.key.where}"
+        if self.file_key_id and self.file_key_id != self.key.key_id:
+            return f"{where}; {named}: another control machine's key wrote it, or it was rewritten"
+        return f"{where}: it was changed after it was written"
 
 
 class TamperedJournal(JournalError):
@@ -74,6 +136,12 @@ class JournalContents:
     torn_offset: int | None
     size: int
     problems: tuple[str, ...]
+    authenticity: Authenticity = Authenticity(UNSIGNED)
+
+    @property
+    def format_version(self) -> int:
+        """The header's status format version."""
+        return int(self.header.get("format_version", UNSIGNED_FORMAT_VERSION))
 
     @property
     def count(self) -> int:
@@ -88,7 +156,7 @@ class JournalContents:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The verdict on a status file's integrity."""
+    """The verdict on a status file: its chain (`ok`: intact) and the MACs of its intact records."""
 
     ok: bool
     count: int
@@ -96,6 +164,12 @@ class VerifyResult:
     message: str
     first_bad_offset: int | None = None
     torn_tail: bool = False
+    authenticity: Authenticity = Authenticity(UNSIGNED)
+
+    @property
+    def authentic(self) -> bool:
+        """Whether the chain is intact and every MAC checks: the file is as this key wrote it."""
+        return self.ok and self.authenticity.ok
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +19,18 @@ import click
 
 from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
-from scmflow.config import HostConfig, UpgradeConfig, load_config, select_hosts, select_services
-from scmflow.errors import ConfigError, UsageError
+from scmflow.config import (
+    HostConfig,
+    StaleConfigError,
+    UpgradeConfig,
+    load_config,
+    load_recorded_config,
+    select_hosts,
+    select_services,
+)
+from scmflow.errors import ConfigError, ScmflowError, UsageError
 from scmflow.journal import read_journal
-from scmflow.locks import run_locks
+from scmflow.locks import clear_dead_host_locks, run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
 from scmflow.remote import Session, SSHOptions, connect_all
@@ -52,6 +61,8 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# (port, user, password) of a host; a None port leaves it to ~/.ssh/config.
+Endpoint = tuple[int | None, str, str | None]
 ROLLBACK_HINT = (
     "If you want to rollback successfully upgraded services, you need to specify the upgrade "
     "status file, file location:{path}"
@@ -105,9 +116,7 @@ def _ask_password(user: str) -> str:
     return value
 
 
-def ssh_connector(
-    endpoints: Mapping[str, tuple[int | None, str, str | None]], options: ClusterOptions
-) -> Connector:
+def ssh_connector(endpoints: Mapping[str, Endpoint], options: ClusterOptions) -> Connector:
     """A Connector opening one SSH connection per host, verified host keys, in parallel.
 
     Each endpoint is (port, user, password) for a host name; ~/.ssh/config fills in the
@@ -130,7 +139,7 @@ def ssh_connector(
 
 
 def _state_locks(
-    options: ClusterOptions, state: ResumeState, sessions: Mapping[str, Session]
+    options: ClusterOptions, state: ResumeState, sessions: Mapping[str, Session], printer: Printer
 ) -> AbstractContextManager[None]:
     """The run locks for continuing or rolling back the run a status file records."""
     return run_locks(
@@ -141,7 +150,41 @@ def _state_locks(
         login_users={h.name: h.user for h in state.hosts},
         run_id=str(state.header.get("run_id", "")),
         force=options.break_lock,
+        install_path=state.layout.install_path,
+        warn=printer.warn,
     )
+
+
+def _clear_dead_locks(
+    options: ClusterOptions,
+    state: ResumeState,
+    catalog: Catalog,
+    printer: Printer,
+    hosts: Sequence[str],
+    sessions: Mapping[str, Session] | None = None,
+) -> None:
+    """With nothing to do, still remove the host locks a dead run left (never in a dry run).
+
+    Such a run takes no lock, so a dead run's would stay. No password is asked for this.
+    """
+    if options.dry_run or not hosts:
+        return
+    opened: Mapping[str, Session] = sessions or {}
+    try:
+        if sessions is None:
+            quiet = replace(options, unattended=True)
+            opened = _connect(_status_endpoints(state, quiet, catalog, printer, hosts), options)
+        clear_dead_host_locks(
+            opened,
+            upgrade_pack_path=_pack_base(state),
+            run_id=str(state.header.get("run_id", "")),
+            warn=printer.warn,
+        )
+    except ScmflowError as exc:
+        printer.warn(f"The hosts' run locks were not checked for dead runs: {exc.message}")
+    finally:
+        if sessions is None:
+            close_sessions(opened)
 
 
 # -- upgrade ---------------------------------------------------------------------------------
@@ -176,6 +219,7 @@ def _target(config: UpgradeConfig, options: ClusterOptions, catalog: Catalog) ->
         services=services,
         upgrade_pack_path=config.upgrade_pack_path,
         backup_path=config.backup_path,
+        config=config.file,
     )
 
 
@@ -222,6 +266,8 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                 login_users={h.name: h.user for h in target.hosts},
                 run_id=run_id,
                 force=options.break_lock,
+                install_path=target.install_path,
+                warn=printer.warn,
             )
             with locks, interrupt_handler(printer) as stop:
                 try:
@@ -308,28 +354,89 @@ def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState:
     return state
 
 
-def _status_sessions(
-    state: ResumeState, options: ClusterOptions, catalog: Catalog, hosts: Sequence[str]
-) -> dict[str, Session]:
-    """Connections to the status file's hosts; passwords from --upgrade-conf or asked."""
-    config = load_config(options.upgrade_conf, catalog) if options.upgrade_conf else None
-    endpoints: dict[str, tuple[int | None, str, str | None]] = {}
-    asked: dict[str, str] = {}
-    for entry in state.hosts:
-        if entry.name not in hosts:
-            continue
-        password: str | None = None
-        port: int | None = entry.port
-        if config is not None and any(h.name == entry.name for h in config.hosts):
-            row = config.host(entry.name)
-            password = resolve_passwords([row])[entry.name]
+def _status_endpoints(
+    state: ResumeState, options: ClusterOptions, catalog: Catalog, printer: Printer, hosts: Sequence[str]
+) -> dict[str, Endpoint]:
+    """How to log in to the status file's `hosts`, every password known; no host is contacted.
+
+    Passwords come from --upgrade-conf; without it, from the config the status file records
+    if that file is unchanged; else they are asked on a terminal. When none of these works,
+    a UsageError names the option to give, before anything is done.
+    """
+    entries = [e for e in state.hosts if e.name in hosts]
+    config, why_not = _password_config(state, options, catalog, entries)
+    if config is not None and options.upgrade_conf is None:
+        printer.info(f"The SSH passwords come from the config recorded in the status file, {config.path}")
+    rows = _config_rows(config, entries)
+    found = resolve_passwords(list(rows.values()), config.path if config else "")
+    unlisted = [e for e in entries if e.password_auth and e.name not in rows]
+    asked = _ask_passwords(unlisted, options, printer, why_not)
+    endpoints: dict[str, Endpoint] = {}
+    for entry in entries:
+        row = rows.get(entry.name)
+        if row is not None:
             # an empty SshPort cell leaves the port to ~/.ssh/config, as the upgrade did
-            port = entry.port if row.port_given else None
-        elif entry.password_auth:
-            if entry.user not in asked:
-                asked[entry.user] = _ask_password(entry.user)
-            password = asked[entry.user]
-        endpoints[entry.name] = (port, entry.user, password)
+            endpoints[entry.name] = (entry.port if row.port_given else None, entry.user, found[row.name])
+        else:
+            password = asked.get(entry.user) if entry.password_auth else None
+            endpoints[entry.name] = (entry.port, entry.user, password)
+    return endpoints
+
+
+def _password_config(
+    state: ResumeState, options: ClusterOptions, catalog: Catalog, entries: Sequence[HostEntry]
+) -> tuple[UpgradeConfig | None, str]:
+    """The config to take passwords from, or None and why the recorded one cannot serve."""
+    if options.upgrade_conf is not None:
+        config = load_config(options.upgrade_conf, catalog)
+        return config, f"{config.path} has no row for them"
+    if not any(e.password_auth for e in entries):
+        # key logins only: nothing to read, whatever became of the config since
+        return None, ""
+    if state.config is None:
+        return None, "the status file records no config file: an older scmflow wrote it"
+    try:
+        config = load_recorded_config(state.config, catalog)
+    except StaleConfigError as exc:
+        return None, exc.message
+    return config, f"{config.path} has no row for them"
+
+
+def _config_rows(config: UpgradeConfig | None, entries: Sequence[HostEntry]) -> dict[str, HostConfig]:
+    """The config's row of each entry that has one (host names match case-insensitively)."""
+    if config is None:
+        return {}
+    names = {h.name.lower(): h for h in config.hosts}
+    return {e.name: names[e.name.lower()] for e in entries if e.name.lower() in names}
+
+
+def _ask_passwords(
+    entries: Sequence[HostEntry], options: ClusterOptions, printer: Printer, why_not: str
+) -> dict[str, str]:
+    """Passwords no config supplies, asked once per user; UsageError when nobody can be asked.
+
+    --unattended means no questions, so a password is asked only without it, on a terminal.
+    """
+    if not entries:
+        return {}
+    if options.unattended or not sys.stdin.isatty():
+        logins = ", ".join(dict.fromkeys(f"{e.user}@{e.name}" for e in entries))
+        because = "--unattended" if options.unattended else "there is no terminal"
+        raise UsageError(
+            f"the SSH password of {logins} is not in the status file and cannot be asked ({because}); "
+            f"pass --upgrade-conf FILE ({why_not})"
+        )
+    if why_not:
+        printer.warn(f"Asking for the SSH passwords: {why_not}")
+    asked: dict[str, str] = {}
+    for entry in entries:
+        if entry.user not in asked:
+            asked[entry.user] = _ask_password(entry.user)
+    return asked
+
+
+def _connect(endpoints: Mapping[str, Endpoint], options: ClusterOptions) -> dict[str, Session]:
+    """One SSH connection per endpoint."""
     return ssh_connector(endpoints, options)(list(endpoints))
 
 
@@ -344,6 +451,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     if not todo:
         _close_finished_run(state)
         printer.info(f"Every pair of {options.status_path} is already upgraded; nothing to resume")
+        _clear_dead_locks(options, state, catalog, printer, [h.name for h in state.hosts])
         return EXIT_OK
     printer.info("Prepare to resume the upgrade of these services in this order")
     for pair in todo:
@@ -351,15 +459,17 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     if options.dry_run:
         printer.info("Dry run: nothing was changed")
         return EXIT_OK
+    # passwords first: a run that cannot log in stops here, before the question and any change
+    endpoints = _status_endpoints(state, options, catalog, printer, [h.name for h in state.hosts])
     if not options.unattended and not confirm(printer, "Whether to resume the upgrade?"):
         printer.info("Resume cancelled, nothing was changed")
         return EXIT_OK
     open_run_log(options.status_dir, printer)
     with tempfile.TemporaryDirectory(prefix="scmflow-") as work:
         release = reload_release(state.header, _explicit_release_dir(options), catalog, Path(work))
-        sessions = _status_sessions(state, options, catalog, [h.name for h in state.hosts])
+        sessions = _connect(endpoints, options)
         try:
-            with _state_locks(options, state, sessions), interrupt_handler(printer) as stop:
+            with _state_locks(options, state, sessions, printer), interrupt_handler(printer) as stop:
                 try:
                     outcome = resume_upgrade(
                         state,
@@ -412,12 +522,14 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
     candidates, warnings = select_pairs(state, hosts=options.hosts, services=options.services)
     for warning in warnings:
         printer.warn(warning)
+    chosen_hosts = list(dict.fromkeys(p.host for p in candidates))
     candidates = [p for p in candidates if needs_rollback(state, p)]
     if not candidates:
         printer.info("No service need to rollback")
+        _clear_dead_locks(options, state, catalog, printer, chosen_hosts)
         return EXIT_OK
     hosts = list(dict.fromkeys(p.host for p in candidates))
-    sessions = _status_sessions(state, options, catalog, hosts)
+    sessions = _connect(_status_endpoints(state, options, catalog, printer, hosts), options)
     try:
         selection = check_pairs(
             state, candidates, sessions=sessions, catalog=catalog, parallel=options.parallel_ssh
@@ -426,6 +538,7 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
             printer.warn(warning)
         if not selection.pairs:
             printer.info("No service need to rollback")
+            _clear_dead_locks(options, state, catalog, printer, hosts, sessions)
             return EXIT_OK
         printer.info("prepare to rollback services in this order")
         for line in plan_lines(selection.pairs, reverse=True):
@@ -438,7 +551,7 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
             return EXIT_OK
         open_run_log(options.status_dir, printer)
         packages = _recorded_packages(state.header)
-        with _state_locks(options, state, sessions), interrupt_handler(printer) as stop:
+        with _state_locks(options, state, sessions, printer), interrupt_handler(printer) as stop:
             try:
                 outcome = execute_rollback(
                     state,

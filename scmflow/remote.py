@@ -14,6 +14,7 @@ import logging
 import os
 import pwd
 import re
+import secrets as secrets_module
 import selectors
 import shlex
 import signal
@@ -424,6 +425,61 @@ def _env_prefix(env: Mapping[str, str] | None) -> list[str]:
     return ["env", *(f"{name}={value}" for name, value in env.items())]
 
 
+@dataclass(frozen=True)
+class SudoPrompt:
+    """sudo's prompt for this one command (`-p MARKER`), the line the command prints on stderr
+    when it starts (`started`), and the password that answers the prompt."""
+
+    marker: str
+    started: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def new(cls, password: str) -> SudoPrompt:
+        """Markers of their own for one command."""
+        tag = secrets_module.token_hex(8)
+        return cls(f"[scmflow-sudo-{tag}]", f"[scmflow-run-{tag}]", password)
+
+    def wrap(self, user: str, inner: Sequence[str]) -> list[str]:
+        """sudo that prompts with `marker`, running a shell that says `started`, then execs inner."""
+        return ["sudo", "-S", "-k", "-p", self.marker, "-u", user, "-H", "--",
+                "sh", "-c", _STARTED_SCRIPT, self.started, *inner]
+
+    def clean(self, stderr: bytes) -> bytes:
+        """stderr without the markers (a wrong password makes sudo prompt again)."""
+        return stderr.replace(self.marker.encode(), b"").replace(self.started.encode(), b"")
+
+
+# Prints its $0 (the `started` marker) on stderr, then becomes the command.
+_STARTED_SCRIPT = 'printf %s "$0" >&2; exec "$@"'
+
+
+def _answer_sudo_prompt(channel: paramiko.Channel, prompt: SudoPrompt, deadline: float) -> bytes:
+    """Send the password if, and only if, sudo prompts before the command starts.
+
+    sudo prints the prompt only when it wants a password; when it runs the command
+    straight away (a NOPASSWD rule) the `started` marker comes first, and the password
+    must not reach the command's stdin. Returns the stderr read meanwhile, markers cut.
+    """
+    asked, started = prompt.marker.encode(), prompt.started.encode()
+    seen = b""
+    sent = False
+    while started not in seen:
+        if not sent and asked in seen:
+            channel.sendall(prompt.password.encode() + b"\n")
+            sent, seen = True, seen.replace(asked, b"", 1)
+            continue
+        if sent and asked in seen:
+            break  # asked again: the password was wrong, and is not sent twice
+        if channel.recv_stderr_ready():
+            seen += channel.recv_stderr(4096)
+        elif channel.recv_ready() or channel.exit_status_ready() or time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(_PROMPT_POLL)
+    return prompt.clean(seen)
+
+
 def _secrets_of(password: str | None, env: Mapping[str, str] | None) -> tuple[str, ...]:
     found = [password] if password else []
     found += [value for name, value in (env or {}).items() if _SECRET_ENV.search(name) and value]
@@ -504,6 +560,7 @@ _SEND_STALL = 300.0
 # agent (which needs python3 on the host anyway).
 _RECEIVER = """\
 import hashlib, os, sys
+os.chdir("/")
 buf = bytearray(1 << 20)
 view = memoryview(buf)
 source = sys.stdin.buffer.raw
@@ -556,6 +613,8 @@ for i in range(0, len(args), 5):
         sys.exit(2)
 """
 _POLL = 0.05
+# How often stderr is looked at while waiting for sudo's prompt.
+_PROMPT_POLL = 0.005
 _TCP_CLOSE = 7  # tcpi_state of a connection the kernel has torn down (linux/tcp_states.h)
 
 
@@ -1105,10 +1164,10 @@ class SSHSession:
     ) -> CommandResult:
         """Run argv (quoted with shlex.join) as the login user or, via sudo, as `user`."""
         argv = tuple(argv)
-        command, prefix, sudo_user = self._command(argv, user, env)
+        command, prompt, sudo_user = self._command(argv, user, env)
         secrets = _secrets_of(self.target.password, env)
         try:
-            result = self._execute(argv, command, prefix + (stdin or b""), timeout, secrets)
+            result = self._execute(argv, command, stdin or b"", timeout, secrets, prompt)
         except RemoteError as exc:
             self._log.debug("[%s] $ %s -> %s", self.host, _redact(command, secrets), exc.message)
             raise
@@ -1126,9 +1185,9 @@ class SSHSession:
     ) -> Stream:
         """Start argv on a channel of its own that stays open until the stream is closed."""
         argv = tuple(argv)
-        command, prefix, sudo_user = self._command(argv, user, env)
+        command, prompt, sudo_user = self._command(argv, user, env)
         secrets = _secrets_of(self.target.password, env)
-        if prefix:
+        if prompt is not None:
             # A wrong password would leave sudo waiting for another try on the open stdin:
             # try it once on a command of its own, which explains a refusal.
             self.run(["true"], user=user, timeout=self.options.connect_timeout)
@@ -1137,8 +1196,8 @@ class SSHSession:
             channel = self._open_channel(argv)
             try:
                 channel.exec_command(command)
-                if prefix:
-                    channel.sendall(prefix)
+                if prompt is not None:
+                    _answer_sudo_prompt(channel, prompt, time.monotonic() + self.options.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 channel.close()
                 raise self._connection_error(argv, exc) from None
@@ -1150,20 +1209,20 @@ class SSHSession:
 
     def _command(
         self, argv: tuple[str, ...], user: str | None, env: Mapping[str, str] | None
-    ) -> tuple[str, bytes, str | None]:
-        """The command line for argv as `user`, what stdin must start with, and the sudo user."""
+    ) -> tuple[str, SudoPrompt | None, str | None]:
+        """The command line for argv as `user`, the sudo prompt to answer (if any), the sudo user."""
         if not argv:
             raise ValueError("empty argv")
         inner = [*_env_prefix(env), *argv]
-        prefix = b""
+        prompt = None
         sudo_user = user if user is not None and user != self.target.user else None
         password = self.target.password
         if sudo_user is not None and password and self._sudo_with_password(sudo_user):
-            inner = ["sudo", "-S", "-k", "-p", "", "-u", sudo_user, "-H", "--", *inner]
-            prefix = password.encode() + b"\n"
+            prompt = SudoPrompt.new(password)
+            inner = prompt.wrap(sudo_user, inner)
         elif sudo_user is not None:
             inner = ["sudo", "-n", "-u", sudo_user, "-H", "--", *inner]
-        return shlex.join(inner), prefix, sudo_user
+        return shlex.join(inner), prompt, sudo_user
 
     def _sudo_with_password(self, user: str) -> bool:
         """Whether sudo to `user` must be fed the password (probed once per user)."""
@@ -1191,8 +1250,12 @@ class SSHSession:
         stdin: bytes,
         timeout: float,
         secrets: Sequence[str],
+        prompt: SudoPrompt | None = None,
     ) -> CommandResult:
-        """Run one command string on its own channel, feeding stdin and reading both streams."""
+        """Run one command string on its own channel, feeding stdin and reading both streams.
+
+        With `prompt`, sudo's password goes in only once sudo has asked for it.
+        """
         started = time.monotonic()
         deadline = started + timeout
         with self._channels:
@@ -1200,7 +1263,10 @@ class SSHSession:
             try:
                 try:
                     channel.exec_command(command)
+                    asked = _answer_sudo_prompt(channel, prompt, deadline) if prompt else b""
                     code, out, err = self._pump(channel, stdin, deadline)
+                    if prompt is not None:
+                        err = prompt.clean(asked + err)
                 except (paramiko.SSHException, EOFError, OSError) as exc:
                     raise self._connection_error(argv, exc) from None
                 if code is None:
@@ -1314,7 +1380,8 @@ class SSHSession:
         """
         if not files:
             return
-        argv = ["python3", "-c", _RECEIVER]
+        # -I and `/`: see agent._PYTHON; the receiver writes files as root.
+        argv = ["python3", "-I", "-c", _RECEIVER]
         sizes: list[tuple[Path, int]] = []
         for upload in files:
             local = Path(upload.local)

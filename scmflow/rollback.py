@@ -80,6 +80,7 @@ def check_pairs(
         lambda host: _check_host(state, host, [p for p in clean if p.host == host], sessions[host], catalog),
         parallel=parallel,
         what="rollback check",
+        exit_code=2,
     )
     versions = {key: version for host in found.values() for key, (version, _) in host.items()}
     complete = {key: done for host in found.values() for key, (_, done) in host.items()}

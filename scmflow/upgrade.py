@@ -16,6 +16,7 @@ from scmflow import __version__
 from scmflow.actions import HostActions, RemoteLayout
 from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
+from scmflow.config import ConfigFile
 from scmflow.distribute import distribute
 from scmflow.errors import JournalError, ReleaseError, ScmflowError
 from scmflow.fanout import map_hosts
@@ -78,6 +79,9 @@ class Target:
     # Who creates the run's base directories and must be reachable by sudo; None means the
     # login user does it (the local demo, where everything belongs to one user).
     admin_user: str | None = "root"
+    # The upgrade.cfg this target was read from, recorded so that a rollback or resume
+    # without --upgrade-conf can take the passwords from it; None when there is none (demo).
+    config: ConfigFile | None = None
 
 
 @dataclass
@@ -188,7 +192,11 @@ def _probe_all(
             services=services,
         )
 
-    return map_hosts([h.name for h in target.hosts], probe, parallel=parallel, what="host check")
+    # The check changes nothing: whatever stops it (a host that cannot be read, reached or
+    # trusted) is a refusal.
+    return map_hosts(
+        [h.name for h in target.hosts], probe, parallel=parallel, what="host check", exit_code=2
+    )
 
 
 def make_layout(target: Target, stamp: str, start_timeout: int) -> RemoteLayout:
@@ -220,6 +228,8 @@ def build_header(
         if h.name in checked.plan.hosts()
     ]
     release = checked.release
+    # Where the config is and a digest of it, never its content: the passwords stay in it.
+    config = {"config": checked.target.config.to_record()} if checked.target.config else {}
     return {
         "run_id": run_id or uuid.uuid4().hex,
         "stamp": stamp,
@@ -242,6 +252,7 @@ def build_header(
             },
         },
         "plan": [p.to_record() for p in checked.plan.pairs],
+        **config,
     }
 
 
@@ -450,6 +461,8 @@ class ResumeState:
     in_flight: dict[tuple[str, str], str]
     hosts: list[HostEntry]
     layout: RemoteLayout
+    # The upgrade.cfg the run recorded; None in status files written before it was recorded.
+    config: ConfigFile | None = None
 
 
 def open_run(status_path: Path) -> ResumeState:
@@ -471,6 +484,7 @@ def open_run(status_path: Path) -> ResumeState:
         backup_dir=lay["backup_dir"],
         start_timeout=int(lay.get("start_timeout", 300)),
     )
+    recorded = header.get("config")
     journal = Journal.open_for_append(status_path)
     return ResumeState(
         journal=journal,
@@ -480,6 +494,7 @@ def open_run(status_path: Path) -> ResumeState:
         in_flight=in_flight,
         hosts=hosts,
         layout=layout,
+        config=None if recorded is None else ConfigFile.from_record(recorded),
     )
 
 
@@ -507,10 +522,25 @@ def _check_run_header(path: Path, header: Mapping[str, Any]) -> None:
     release = header.get("release")
     if not isinstance(release, Mapping) or not isinstance(release.get("packages"), Mapping):
         problems.append("release")
+    if not _valid_config_record(header.get("config")):
+        problems.append("config")
     if problems:
         raise JournalError(
             f"{path} is not the status file of an upgrade run: its header lacks a valid {', '.join(problems)}"
         )
+
+
+def _valid_config_record(record: object) -> bool:
+    """Whether a header's `config` is absent (an older file) or a proper ConfigFile record."""
+    if record is None:
+        return True
+    if not isinstance(record, Mapping):
+        return False
+    try:
+        ConfigFile.from_record(record)
+    except ValueError:
+        return False
+    return True
 
 
 def reload_release(

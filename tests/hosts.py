@@ -3,10 +3,19 @@
 Every host gets its own network namespace, joined to the root namespace by a veth pair
 (10.251.N.1 on the control side, 10.251.N.2 in the host), and its own mount namespace in
 which /opt (a tmpfs) holds /opt/sequoiacm, /opt/backup and /opt/upgrade bind-mounted from
-a per-host directory on the control machine, /opt/java (a JDK, read-only) and a per-host
-/etc/profile. OpenSSH's sshd runs in both namespaces, so everything started over SSH
-(and everything `TestHost.exec` starts) sees that host's network and /opt only: several
-hosts share one install path and one set of ports without colliding.
+a per-host directory on the control machine, /opt/java (a sandbox JDK 1.8.0_221, read-only)
+and a per-host /etc/profile that exports JAVA_HOME=/opt/java. OpenSSH's sshd runs in both
+namespaces, so everything started over SSH (and everything `TestHost.exec` starts) sees that
+host's network and /opt only: several hosts share one install path and one set of ports
+without colliding.
+
+The hosts are hostile the way customer hosts are:
+  - /usr/local/sbin and /usr/local/bin (first on every default PATH) are small tmpfs
+    holding only a decoy `java` that answers -version as OpenJDK 17 and fails to run any
+    jar, so whatever starts nodes without PATH=$JAVA_HOME/bin:$PATH fails here;
+  - the install user scmadmin (primary group scmadmin) is also in scmadmin_group, the group
+    the install tree belongs to (InstallUserGroup), so files created with the user's
+    primary group stand out.
 
 Needs root, iproute2, util-linux (nsenter, unshare, runuser), OpenSSH server and sudo.
 Several test runs may use this machine at once: each claims its own N under a lock file,
@@ -32,7 +41,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scmflow.sandbox import make_decoy_java, make_jdk
+
 INSTALL_USER = "scmadmin"
+INSTALL_GROUP = "scmadmin_group"
+JDK_VERSION = "1.8.0_221"
+# Mounted over these inside each host: empty but for the decoy java.
+DECOY_DIRS = ("/usr/local/sbin", "/usr/local/bin")
 OPS_USER = "scmops"
 NETNS_PREFIX = "scmt-"
 ALT_PORT = 2222
@@ -188,9 +203,19 @@ def _ops_password() -> str:
     return path.read_text().strip()
 
 
+def _ensure_group_member(group: str, user: str) -> None:
+    """Create `group` if needed and make it one of `user`'s supplementary groups."""
+    if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+        _run(["groupadd", group])
+    members = _run(["id", "-nG", user]).stdout.split()
+    if group not in members:
+        _run(["usermod", "--append", "--groups", group, user])
+
+
 def ensure_users() -> str:
     """Create the install and ops users and the ops user's sudo rule; return its password."""
     _ensure_user(INSTALL_USER)
+    _ensure_group_member(INSTALL_GROUP, INSTALL_USER)
     _ensure_user(OPS_USER)
     password = _ops_password()
     _run(["chpasswd"], input=f"{OPS_USER}:{password}\n")
@@ -225,13 +250,6 @@ def _claim_slot() -> tuple[int, str]:
     raise HostSetupError("no free test-host slot (10.251.1-254.0/30 all in use)")
 
 
-def _java_home() -> Path | None:
-    java = shutil.which("java")
-    if java is None:
-        return None
-    return Path(java).resolve().parent.parent
-
-
 @dataclass
 class TestHost:
     """One running test host."""
@@ -250,6 +268,7 @@ class TestHost:
     opt_dirs: dict[str, Path]
     profile: Path
     sshd_log: Path
+    decoy_java: Path
     sshd_pid: int = 0
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -309,6 +328,11 @@ class TestHost:
             mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(mount_point)}")
         mounts.append("mount -o remount,bind,ro /opt/java")
         mounts.append(f"mount --bind {shlex.quote(str(self.profile))} /etc/profile")
+        for folder in DECOY_DIRS:
+            mounts.append(f"mkdir -p {folder}")
+            mounts.append(f"mount -t tmpfs -o mode=0755,size=1m scmflow-decoy {folder}")
+            mounts.append(f"cp {shlex.quote(str(self.decoy_java))} {folder}/java")
+            mounts.append(f"chmod 0755 {folder}/java")
         script = " && ".join(mounts) + f" && exec {SSHD} -D -f {shlex.quote(str(config))}"
         script += f" -E {shlex.quote(str(self.sshd_log))}"
         with open(self.root / "sshd.stderr", "wb") as errors:
@@ -433,7 +457,7 @@ def _public_key(path: Path) -> str:
     return f"{fields[0]} {fields[1]}"
 
 
-def _prepare_host(base: Path, index: int, slot: int, netns: str, java_home: Path | None) -> TestHost:
+def _prepare_host(base: Path, index: int, slot: int, netns: str, java_version: str) -> TestHost:
     """Lay out one host's files and network; sshd is not started yet."""
     name = f"host{index}"
     root = base / name
@@ -442,12 +466,12 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_home: Path
     for mount in _OPT_MOUNTS:
         source = root / f"opt-{mount}"
         source.mkdir()
-        shutil.chown(source, INSTALL_USER, INSTALL_USER)
+        group = INSTALL_GROUP if mount == "sequoiacm" else INSTALL_USER
+        shutil.chown(source, INSTALL_USER, group)
         opt_dirs[f"/opt/{mount}"] = source
-    if java_home is None:
-        java_home = root / "opt-java"
-        java_home.mkdir()
-    opt_dirs["/opt/java"] = java_home
+    # The JDK SequoiaCM runs on: a sandbox JDK, never this machine's own java.
+    opt_dirs["/opt/java"] = make_jdk(root / "opt-java", java_version)
+    decoy = make_decoy_java(root / "decoy-bin")
     profile = root / "profile"
     system_profile = Path("/etc/profile")
     text = system_profile.read_text() if system_profile.exists() else ""
@@ -468,6 +492,7 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_home: Path
         opt_dirs=opt_dirs,
         profile=profile,
         sshd_log=root / "sshd.log",
+        decoy_java=decoy,
     )
     veth, peer = f"scmv{slot}", f"scmp{slot}"
     _run(["ip", "link", "set", peer, "netns", netns])
@@ -480,10 +505,9 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_home: Path
     return host
 
 
-def start_cluster(k: int, *, java_home: Path | None = None, use_system_java: bool = True) -> TestCluster:
-    """Start k test hosts in parallel; the caller must close() the cluster."""
-    if java_home is None and use_system_java:
-        java_home = _java_home()
+def start_cluster(k: int, *, java_version: str = JDK_VERSION) -> TestCluster:
+    """Start k test hosts in parallel, each with a sandbox JDK `java_version` at /opt/java and
+    a decoy java first on PATH; the caller must close() the cluster."""
     base = Path(tempfile.mkdtemp(prefix=f"scmflow-hosts-{os.getpid()}-"))
     # sshd reads authorized_keys as the logging-in user, so the tree must be traversable.
     base.chmod(0o755)
@@ -509,7 +533,7 @@ def start_cluster(k: int, *, java_home: Path | None = None, use_system_java: boo
             (authorized / user).chmod(0o644)
         with ThreadPoolExecutor(max_workers=max(1, k)) as pool:
             futures = [
-                pool.submit(_prepare_host, base, index + 1, slot, netns, java_home)
+                pool.submit(_prepare_host, base, index + 1, slot, netns, java_version)
                 for index, (slot, netns) in enumerate(slots)
             ]
             cluster.hosts = [future.result() for future in futures]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from scmflow import agent, agentcall
 from scmflow.actions import HostActions, RemoteLayout
 from scmflow.agentcall import AgentError
 from scmflow.catalog import load_catalog
@@ -54,25 +55,29 @@ class FakeStream:
         self.session = session
         self.user = user
         self.env = env
-        self.lines: list[bytes | None] = []
+        # A serving agent greets first (agent.serve).
+        self.lines: list[bytes | None] = [json.dumps({"scmflow_agent": agent.PROTOCOL}).encode() + b"\n"]
         self.closed = False
 
     def send(self, data: bytes) -> None:
         assert not self.closed
         request = json.loads(data)
         op = request["op"]
+        spec = dict(request["spec"])
+        # `timeout` is the step's budget, which the agent gets as step_timeout.
+        budget = spec.pop("step_timeout")
         self.session.calls.append(
-            {"op": op, "spec": request["spec"], "user": self.user, "env": self.env, "timeout": None}
+            {"op": op, "spec": spec, "user": self.user, "env": self.env, "timeout": budget}
         )
         text = self.session.replies.get(op, json.dumps({"ok": True, "op": op, "moved": ["jars"]}))
-        self.lines += [line.encode() + b"\n" for line in text.splitlines()]
+        self.lines += [_with_id(line, request["id"]).encode() + b"\n" for line in text.splitlines()]
         if '"ok"' not in text:
             self.lines.append(None)
 
     def read_line(self, timeout: float) -> bytes:
-        call = self.session.calls[-1]
-        if call["timeout"] is None:
-            call["timeout"] = round(timeout, 3)
+        if self.session.calls:
+            # The control side waits longer than the agent's own budget.
+            assert timeout <= self.session.calls[-1]["timeout"] + agentcall.STEP_MARGIN
         line = self.lines.pop(0)
         if line is None:
             raise StreamEnded(self.host, "the command ended", exit_code=1, stderr="err tail")
@@ -80,6 +85,17 @@ class FakeStream:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _with_id(line: str, request_id: int) -> str:
+    """A reply line answering `request_id`, as the serving agent marks its replies."""
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return line
+    if isinstance(reply, dict) and "ok" in reply:
+        return json.dumps({**reply, "id": request_id})
+    return line
 
 
 class FakeSession:
@@ -168,7 +184,7 @@ def test_restart_spec_starts_only_the_nodes_that_ran_and_tells_the_operator() ->
     call, _ = one_call("restart", on_node_start=lambda p, port: started.append((p.service, port)))
     assert call["spec"] == {**BASE, "ports": [8080, 8082], "daemon": False, "timeout": 100}
     # each running node gets the start timeout, plus a margin for the step itself
-    assert call["timeout"] == 100 * 2 + 120
+    assert call["timeout"] == (100 + 60) * 2 + 120
     assert started == [("gateway", 8080), ("gateway", 8082)]
 
 
@@ -177,7 +193,7 @@ def test_restart_of_a_daemon() -> None:
     call, _ = one_call("restart", DAEMON, on_node_start=lambda p, port: started.append((p.service, port)))
     assert call["spec"]["ports"] == [] and call["spec"]["daemon"] is True
     assert call["spec"]["service"] == CATALOG.get("daemon").to_spec()
-    assert call["timeout"] == 100 + 120
+    assert call["timeout"] == (100 + 60) + 120
     assert started == [("daemon", None)]
 
 
@@ -185,7 +201,7 @@ def test_restart_with_nothing_running_still_has_a_timeout() -> None:
     idle = Pair("h1", "gateway", "GATEWAY", "3.1.2", "3.2.2", (PlannedNode(8080, False),))
     call, _ = one_call("restart", idle)
     assert call["spec"]["ports"] == []
-    assert call["timeout"] == 100 + 120
+    assert call["timeout"] == (100 + 60) + 120
 
 
 def test_verify_spec() -> None:
@@ -203,7 +219,7 @@ def test_restore_spec_brings_back_the_old_version_and_its_nodes() -> None:
         "old_version": "3.1.2",
         "timeout": 100,
     }
-    assert call["timeout"] == 100 * 2 + 120 + 1800.0
+    assert call["timeout"] == (100 + 60) * 2 + 120 + 1800.0
 
 
 def test_restore_of_a_pair_that_was_absent_before() -> None:

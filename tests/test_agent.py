@@ -74,6 +74,10 @@ class Server:
             stderr=subprocess.PIPE,
             env={**os.environ, "JAVA_HOME": str(jdk)},
         )
+        assert self.process.stdout is not None
+        greeting = json.loads(self.process.stdout.readline())
+        assert agent.is_greeting(greeting) and greeting["pid"] == self.process.pid
+        self.requests = 0
 
     def send(self, data: bytes) -> dict[str, Any]:
         """Write raw request bytes; the next reply line."""
@@ -85,8 +89,10 @@ class Server:
         return reply
 
     def call(self, op: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """One request; the agent must still be running afterwards."""
-        reply = self.send(request_line(op, spec))
+        """One request; its reply names it; the agent must still be running afterwards."""
+        self.requests += 1
+        reply = self.send(request_line(op, spec, self.requests))
+        assert reply.pop("id") == self.requests
         assert self.process.poll() is None
         return reply
 
@@ -294,8 +300,8 @@ def _jars(install_path: Path, pattern: str) -> list[str]:
 
 def test_argv_runs_this_file_and_replies_on_the_last_line(host: Host) -> None:
     argv = agent_argv("exists", {"paths": [str(host.install), str(host.install / "nope")]})
-    assert argv[:2] == ["python3", "-c"]
-    assert argv[4:] == ["exists", json.dumps({"paths": [str(host.install), str(host.install / "nope")]})]
+    assert argv[:3] == ["python3", "-I", "-c"]
+    assert argv[5:] == ["exists", json.dumps({"paths": [str(host.install), str(host.install / "nope")]})]
     assert host.ok("exists", {"paths": [str(host.install), str(host.install / "nope")]}) == {
         "ok": True,
         "exists": [str(host.install)],
@@ -322,7 +328,7 @@ def test_a_serving_agent_answers_request_after_request_until_stdin_ends(host: Ho
     paths = [str(host.install), str(host.install / "nope")]
     assert server.call("exists", {"paths": paths}) == {"ok": True, "exists": [str(host.install)]}
     bad = server.send(b"not json\n")
-    assert bad == {"ok": False, "error": "malformed request line", "step": "args"}
+    assert bad == {"ok": False, "error": "malformed request line", "step": "args", "id": None}
     assert server.send(b'{"spec": {}}\n')["error"] == "malformed request line"
     assert server.call("explode", {})["error"] == "unknown op 'explode'"
     broken = server.call("probe", {"install_path": str(host.install), "services": [{"name": "x"}]})
@@ -339,11 +345,15 @@ def test_a_serving_agent_holds_the_step_lock_only_during_a_step(host: Host, tmp_
     server = Server("python3", host.world.jdk)
     try:
         assert server.call("backup", host.spec("gateway", lock_path=str(lock)))["already"] is False
-        with lock.open("r+") as mine:
-            # between steps another process (another run's agent) may take it at once
-            fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # the step lock is an flock on the install dir; between steps another process
+        # (another run's agent) may take it at once
+        fd = os.open(host.install, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = server.call("backup", host.spec("gateway", lock_path=str(lock), lock_wait=0.3))
-            assert held["step"] == "step-lock" and f"pid {server.process.pid}" in held["error"]
+            assert held["step"] == "step-lock" and f"pid {os.getpid()}" in held["error"]
+        finally:
+            os.close(fd)
         assert server.call("backup", host.spec("gateway", lock_path=str(lock)))["already"] is True
     finally:
         assert server.finish()[0] == 0
@@ -736,7 +746,7 @@ def test_disk_filling_up_during_the_copy_is_a_clean_error(host: Host, tmp_path: 
 # ---------------------------------------------------------------- locks and dirs
 
 
-def test_run_lock_names_its_holder_and_can_be_forced(host: Host, tmp_path: Path) -> None:
+def test_run_lock_names_its_holder_and_is_taken_over_only_as_judged(host: Host, tmp_path: Path) -> None:
     path = str(tmp_path / "pack" / "scmflow.lock")
 
     def spec(run: str, **extra: Any) -> dict[str, Any]:
@@ -744,10 +754,10 @@ def test_run_lock_names_its_holder_and_can_be_forced(host: Host, tmp_path: Path)
 
     assert host.ok("lock", spec("a")) == {"ok": True, "locked": True}
     assert host.ok("lock", spec("a"))["already"] is True
-    taken = host.fails("lock", spec("b"))
-    assert taken["step"] == "lock"
-    assert "held by run a from ctl-a (pid 42)" in taken["error"]
-    forced = host.ok("lock", spec("b", force=True))
+    taken = host.ok("lock", spec("b"))
+    assert taken["locked"] is False
+    assert taken["holder"]["run_id"] == "a" and taken["holder"]["control_host"] == "ctl-a"
+    forced = host.ok("lock", spec("b", take_from=taken["holder_digest"]))
     assert forced["replaced"]["run_id"] == "a"
     assert host.ok("unlock", spec("a"))["removed"] is False
     assert json.loads(Path(path).read_text())["run_id"] == "b"
@@ -756,16 +766,15 @@ def test_run_lock_names_its_holder_and_can_be_forced(host: Host, tmp_path: Path)
 
 
 def test_step_lock_keeps_two_steps_apart(host: Host, tmp_path: Path) -> None:
-    lock = tmp_path / "backup" / ".agent.lock"
-    lock.parent.mkdir(parents=True)
-    with lock.open("w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242")
-        held.flush()
-        spec = host.spec("gateway", lock_path=str(lock), lock_wait=0.3)
+    fd = os.open(host.install, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        spec = host.spec("gateway", lock_path=str(tmp_path / "backup" / ".agent.lock"), lock_wait=0.3)
         reply = host.fails("backup", spec)
-        assert reply["step"] == "step-lock" and "pid 4242" in reply["error"]
+        assert reply["step"] == "step-lock" and f"pid {os.getpid()}" in reply["error"]
         assert not (host.backups / "gateway").exists()
+    finally:
+        os.close(fd)
     assert host.ok("backup", spec)["already"] is False
 
 

@@ -178,6 +178,22 @@ def test_the_check_starts_a_bounded_number_of_ctl_jvms_at_once(install: Path, tm
     assert max(seen) <= agent._LISTS_AT_ONCE and max(seen) > 1
 
 
+def test_a_stop_whose_ctl_cannot_list_looks_for_the_node_processes(
+    install: Path, fake_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replace cut short took the tools jar with it: the ctl dies, the nodes were stopped.
+    monkeypatch.setattr(agent, "_LIST_RETRY_PAUSE", 0.0)
+    configure(install, "gateway", 8080)
+    write_ctl(install, "gateway", "echo 'ERROR: expected exactly one tools jar' >&2\nexit 4\n")
+    ctx = ctx_for(install, "gateway")
+    assert agent.stop_service(ctx)["stopped"] == []
+    conf = install / "sequoiacm-cloud" / "conf" / "gateway" / "8080" / "application.properties"
+    pid = fake_node("-jar", str(install / "sequoiacm-cloud/jars/sequoiacm-cloud-gateway-3.1.2.jar"),
+                    f"--spring.config.location={conf}")
+    with pytest.raises(agent.Failure, match=rf"exited 4 .*nodes still run: GATEWAY\(8080\) pid {pid}"):
+        agent.stop_service(ctx)
+
+
 def test_java_home_bin_comes_first_on_path() -> None:
     env = {"PATH": "/usr/local/bin:/usr/bin:/opt/jdk8/bin:/bin"}
     agent.use_java(env, "/opt/jdk8")
@@ -189,6 +205,16 @@ def test_every_ctl_call_gets_java_home_first_on_path(tmp_path: Path) -> None:
     ctx = agent.Ctx({"java_home": "/opt/jdk8"})
     done = agent.run_command(ctx, ["sh", "-c", 'command -v java || true; echo "$PATH"'])
     assert done.out.splitlines()[-1].split(":")[0] == "/opt/jdk8/bin"
+
+
+def test_a_step_given_java_home_in_its_environment_puts_it_first_on_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Steps get JAVA_HOME as an environment variable (agentcall), not in their spec.
+    monkeypatch.setenv("JAVA_HOME", "/opt/jdk8")
+    monkeypatch.setenv("PATH", "/usr/local/sbin:/usr/bin")
+    done = agent.run_command(agent.Ctx({}), ["sh", "-c", 'echo "$PATH"'])
+    assert done.out.strip() == "/opt/jdk8/bin:/usr/local/sbin:/usr/bin"
 
 
 class Health:

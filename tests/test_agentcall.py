@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from scmflow import agent
+from scmflow import agent, agentcall
 from scmflow.agentcall import AgentError, AgentLink
+from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError, RemoteTimeout
 from scmflow.remote import LocalSession, Stream
 
@@ -18,6 +20,7 @@ from scmflow.remote import LocalSession, Stream
 FAKE = r"""
 import json, os, sys, time
 print("a line that is not a reply", flush=True)
+print(json.dumps({"scmflow_agent": 2, "pid": os.getpid()}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
     op = request["op"]
@@ -28,7 +31,16 @@ for line in sys.stdin:
         sys.exit(3)
     ok = op != "refuse"
     reply = {"ok": ok, "pid": os.getpid(), "java": os.environ.get("JAVA_HOME"), "error": "refused"}
+    # `stale` answers as if for the request before, as an agent out of step would.
+    reply["id"] = request["id"] - 1 if op == "stale" else request["id"]
     print(json.dumps(reply), flush=True)
+"""
+# An agent that never greets: whatever reaches its stdin is written to a file.
+SILENT = r"""
+import sys, time
+with open(sys.argv[1], "ab") as seen:
+    seen.write(sys.stdin.buffer.read1(4096))
+time.sleep(30)
 """
 
 
@@ -89,7 +101,8 @@ def test_a_lost_agent_is_reported_with_its_stderr_and_replaced() -> None:
 
 
 @pytest.mark.usefixtures("fake_agent")
-def test_a_late_step_times_out_and_the_next_step_gets_a_fresh_agent() -> None:
+def test_a_late_step_times_out_and_the_next_step_gets_a_fresh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agentcall, "STEP_MARGIN", 0.0)
     session = CountingSession()
     link = AgentLink(session, user=None, java_home=None)
     with pytest.raises(RemoteTimeout, match=r"\[h1\] slow did not finish within 0.5 s"):
@@ -128,5 +141,62 @@ def test_the_real_agent_serves_steps_in_one_process(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="unknown op 'explode'"):
         link.call("explode", {}, timeout=30)
     assert session.opened == 1
+    link.close()
+    session.close()
+
+
+@pytest.mark.usefixtures("fake_agent")
+def test_a_reply_to_another_request_is_an_error_and_the_agent_is_replaced() -> None:
+    session = CountingSession()
+    link = AgentLink(session, user=None, java_home=None)
+    first = link.call("a", {}, timeout=10)
+    with pytest.raises(RemoteError, match=r"stale: the host agent answered request 1, not request 2"):
+        link.call("stale", {}, timeout=10)
+    again = link.call("a", {}, timeout=10)
+    assert again["pid"] != first["pid"] and session.opened == 2
+    link.close()
+    session.close()
+
+
+def test_nothing_is_sent_to_an_agent_that_has_not_greeted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = tmp_path / "stdin"
+    monkeypatch.setattr(agent, "serve_argv", lambda: [sys.executable, "-c", SILENT, str(seen)])
+    monkeypatch.setattr(agentcall, "GREETING_TIMEOUT", 1.0)
+    session = CountingSession()
+    link = AgentLink(session, user=None, java_home=None)
+    with pytest.raises(RemoteTimeout, match="greeting"):
+        link.call("a", {"secret-ish": "spec"}, timeout=10)
+    link.close()
+    session.close()
+    assert not seen.exists() or seen.read_bytes() == b""
+
+
+def test_the_real_agent_greets_and_echoes_request_ids() -> None:
+    session = CountingSession()
+    link = AgentLink(session, user=None, java_home=None)
+    assert link.call("exists", {"paths": ["/"]}, timeout=60)["exists"] == ["/"]
+    # The id is the protocol's, checked and dropped: the step's result does not carry it.
+    assert link.call("exists", {"paths": []}, timeout=60) == {"ok": True, "exists": []}
+    link.close()
+    session.close()
+
+
+def test_the_agent_gives_up_on_a_step_before_the_control_side_does(tmp_path: Path) -> None:
+    session = CountingSession()
+    link = AgentLink(session, user=None, java_home=None)
+    # A ctl that hangs: the agent's budget (the step's timeout) ends it, and the reply
+    # still arrives within the control side's wait (the timeout plus STEP_MARGIN).
+    ctl = tmp_path / "sequoiacm" / "sequoiacm-cloud" / "bin" / "scmcloudctl.sh"
+    ctl.parent.mkdir(parents=True)
+    ctl.write_text("#!/bin/sh\nsleep 30\n")
+    ctl.chmod(0o755)
+    service = load_catalog().get("gateway").to_spec()
+    started = time.monotonic()
+    with pytest.raises(AgentError, match="timeout"):
+        link.call("verify", {"install_path": str(tmp_path / "sequoiacm"), "service": service,
+                             "ports": [8080], "version": "3.2.2"}, timeout=2)
+    assert time.monotonic() - started < 10
     link.close()
     session.close()

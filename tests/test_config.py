@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from scmflow.catalog import Catalog, load_catalog
 from scmflow.config import (
     DEFAULT_BACKUP_PATH,
     DEFAULT_UPGRADE_PACK_PATH,
+    ConfigFile,
+    StaleConfigError,
     UpgradeConfig,
     load_config,
+    load_recorded_config,
     normalise_install_path,
     parse_config,
     select_hosts,
@@ -353,6 +357,68 @@ def test_non_utf8_file_names_the_line(tmp_path: Path, catalog: Catalog) -> None:
         load_config(path, catalog)
     assert info.value.line == 6
     assert str(info.value) == f"{path}:6: not UTF-8 text (byte 0xe9)"
+
+
+# --- the config file a run records -----------------------------------------------------
+
+PASSWORD_HOSTS = "[host]\nHostName, SshPort, User, Password, JavaHome\nh1, 22, ops, Zq-s3cr3t, \n"
+
+
+def test_a_loaded_config_names_its_file_by_absolute_path_and_sha256(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = ("\ufeff" + INSTALL + PASSWORD_HOSTS).encode()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "upgrade.cfg").write_bytes(raw)
+    monkeypatch.chdir(tmp_path / "conf")
+    config = load_config(Path("..") / "conf" / "upgrade.cfg", catalog)
+    # absolute and normalised; the digest is of the bytes as read, BOM included
+    assert config.file == ConfigFile(str(tmp_path / "conf" / "upgrade.cfg"), hashlib.sha256(raw).hexdigest())
+    assert config.file.to_record() == {"path": config.file.path, "sha256": config.file.sha256}
+    assert ConfigFile.from_record(config.file.to_record()) == config.file
+    assert "Zq-s3cr3t" not in repr(config.file.to_record())
+    assert parse_config(INSTALL + PASSWORD_HOSTS, CFG, catalog).file is None
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"sha256": "0" * 64}, "absolute path"),
+        ({"path": "upgrade.cfg", "sha256": "0" * 64}, "absolute path"),
+        ({"path": "/u.cfg"}, "sha256"),
+        ({"path": "/u.cfg", "sha256": "0" * 63}, "sha256"),
+        ({"path": "/u.cfg", "sha256": "A" * 64}, "sha256"),
+    ],
+)
+def test_a_config_record_needs_an_absolute_path_and_a_sha256(record: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ConfigFile.from_record(record)
+
+
+def test_the_recorded_config_is_read_only_while_its_bytes_are_unchanged(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    path = tmp_path / "upgrade.cfg"
+    path.write_text(INSTALL + PASSWORD_HOSTS)
+    recorded = load_config(path, catalog).file
+    assert recorded is not None
+
+    config = load_recorded_config(recorded, catalog)
+    assert config.file == recorded and config.path == str(path)
+    assert config.hosts[0].password == "Zq-s3cr3t"
+
+    path.write_text(INSTALL + PASSWORD_HOSTS.replace("Zq-s3cr3t", "Zq-s3cr3u"))
+    with pytest.raises(StaleConfigError) as info:
+        load_recorded_config(recorded, catalog)
+    assert str(info.value) == f"the config recorded in the status file, {path}, has changed since the run"
+    assert info.value.exit_code == 2
+
+    path.unlink()
+    with pytest.raises(StaleConfigError, match=r", is missing$"):
+        load_recorded_config(recorded, catalog)
+    path.mkdir()
+    with pytest.raises(StaleConfigError, match=r", cannot be read \(Is a directory\)$"):
+        load_recorded_config(recorded, catalog)
 
 
 # --- structural errors ----------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scmflow.errors import RemoteError, ScmflowError
-from scmflow.fanout import map_hosts
+from scmflow.fanout import HostsFailed, map_hosts
 
 HOSTS = [f"h{i}" for i in range(7)]
 
@@ -70,3 +70,15 @@ def test_an_interrupt_is_not_swallowed() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         map_hosts(HOSTS[:2], step, parallel=2, what="x")
+
+
+def test_a_check_that_changes_nothing_refuses_with_its_own_exit_code() -> None:
+    def step(host: str) -> str:
+        raise ScmflowError(f"[{host}] unreachable")
+
+    with pytest.raises(HostsFailed) as refused:
+        map_hosts(HOSTS[:2], step, parallel=2, what="host check", exit_code=2)
+    assert refused.value.exit_code == 2
+    with pytest.raises(HostsFailed) as failed:
+        map_hosts(HOSTS[:2], step, parallel=2, what="x")
+    assert failed.value.exit_code == 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from scmflow.agentcall import STEP_MARGIN
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError
 from scmflow.inventory import HostCheckError, InstalledService, Node, java_key, probe_host
@@ -126,10 +127,12 @@ def test_the_check_asks_sudo_then_runs_the_probe_as_the_install_user() -> None:
     assert sudo == {"argv": ["true"], "user": "root", "env": None, "timeout": 60.0}
     assert agent_call["user"] == "scmadmin"
     assert agent_call["env"] == {"JAVA_HOME": "/opt/jdk"}
-    assert agent_call["timeout"] == 120.0
-    assert agent_call["argv"][:2] == ["python3", "-c"]
-    assert agent_call["argv"][4] == "probe"
-    spec = json.loads(agent_call["argv"][5])
+    # The agent's own budget is the step's timeout; the control side waits a margin longer.
+    assert agent_call["timeout"] == 120.0 + STEP_MARGIN
+    assert agent_call["argv"][:3] == ["python3", "-I", "-c"]
+    assert agent_call["argv"][5] == "probe"
+    spec = json.loads(agent_call["argv"][6])
+    assert spec.pop("step_timeout") == 120.0
     assert spec == {
         "install_path": "/opt/sequoiacm",
         "java_home": "/opt/jdk",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,19 +25,23 @@ from scmflow.sandbox import (
     SandboxError,
     Topology,
     build_release,
+    clear_fault,
     clear_faults,
+    fault_times_left,
     free_ports,
     health,
     install,
     kill_nodes,
     local_run,
     local_run_as,
+    make_decoy_java,
     make_jdk,
     set_fault,
     start_topology,
     stop_all,
     tree_digest,
 )
+from scmflow.sandbox.control import SYSTEM_PATH
 
 OLD, NEW = "3.1.2", "3.2.2"
 CLOUD = "sequoiacm-cloud"
@@ -64,11 +69,18 @@ class Host:
     cs: int
     jdk: Path
 
-    def ctl(self, rel: str, *args: str, java: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a ctl script of the install (stdout/stderr captured: start must not hang)."""
+    def ctl(
+        self, rel: str, *args: str, java: bool = True, path: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a ctl script of the install (stdout/stderr captured: start must not hang).
+
+        As the vendor's upgrader does, JAVA_HOME is set and its bin/ comes first on PATH,
+        unless `path` gives the whole PATH.
+        """
         env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
         if java:
             env["JAVA_HOME"] = str(self.jdk)
+        env["PATH"] = path if path is not None else f"{self.jdk}/bin:{SYSTEM_PATH}"
         return subprocess.run(
             [str(self.path / rel), *args], env=env, capture_output=True, text=True, timeout=30
         )
@@ -265,12 +277,13 @@ def test_nodes_start_list_answer_health_and_stop(host: Host) -> None:
     listing = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list", "-m", "local")
     assert listing.returncode == 0
     lines = listing.stdout.splitlines()
-    match = re.fullmatch(rf"SERVICE_CENTER\({host.sc}\) \((\d+)\)", lines[0])
+    match = re.fullmatch(rf"SERVICE-CENTER\({host.sc}\) \((\d+)\)", lines[0])
     assert match is not None, lines
     assert lines[1:] == [f"GATEWAY({host.gw}) (-)", "Total:2"]
     sc_pid = int(match.group(1))
     assert health("127.0.0.1", host.sc, 2) == {
-        "service": "service-center", "port": host.sc, "version": OLD, "pid": sc_pid,
+        "status": "UP", "service": "service-center", "port": host.sc, "version": OLD,
+        "pid": sc_pid,
     }
     assert health("127.0.0.1", host.cs, 2)["service"] == "content-server"
     assert not _port_open(host.gw)
@@ -293,7 +306,7 @@ def test_nodes_start_list_answer_health_and_stop(host: Host) -> None:
     assert host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "stop", "-t", "service-center").returncode == 0
     assert not _alive(sc_pid)
     final = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list", "-m", "local").stdout.splitlines()
-    assert final == [f"SERVICE_CENTER({host.sc}) (-)", f"GATEWAY({host.gw}) (-)", "Total:2"]
+    assert final == [f"SERVICE-CENTER({host.sc}) (-)", f"GATEWAY({host.gw}) (-)", "Total:2"]
 
 
 def test_single_node_start_is_fast(host: Host) -> None:
@@ -318,23 +331,29 @@ def test_node_answers_http_like_a_web_service(host: Host) -> None:
     # a client that connects and says nothing must not keep the node from answering others
     with socket.create_connection(("127.0.0.1", host.gw), timeout=5):
         assert health("127.0.0.1", host.gw, 1)["service"] == "gateway"
-    head = _http(host.gw, b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = _http(host.gw, b"HEAD /internal/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 ") and head.endswith(b"\r\n\r\n")
     assert _http(host.gw, b"GET /nothing HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404 ")
-    assert _http(host.gw, b"POST /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
-    body = _http(host.gw, b"GET /health?x=1 HTTP/1.0\r\n\r\n").partition(b"\r\n\r\n")[2]
-    assert b'"service": "gateway"' in body
+    assert _http(host.gw, b"GET /health HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404 ")
+    assert _http(host.gw, b"POST /internal/v1/health HTTP/1.0\r\n\r\n").startswith(
+        b"HTTP/1.0 405 "
+    )
+    answer = _http(host.gw, b"GET /internal/v1/health?x=1 HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["service"] == "gateway"
 
 
 def test_ctl_runs_through_a_relative_path(host: Host) -> None:
     bin_dir = host.path / CLOUD / "bin"
     out = subprocess.run(
-        ["./scmcloudctl.sh", "list"], cwd=bin_dir, capture_output=True, text=True,
+        ["./scmcloudctl.sh", "list", "-m", "local"], cwd=bin_dir, capture_output=True, text=True,
         env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=False,
     )
     assert out.stdout.splitlines()[-1] == "Total:2", out.stderr
     out = subprocess.run(
-        ["bash", "scmcloudctl.sh", "list"], cwd=bin_dir, capture_output=True, text=True,
+        ["bash", "scmcloudctl.sh", "list", "-m", "local"], cwd=bin_dir, capture_output=True,
+        text=True,
         env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=False,
     )
     assert out.stdout.splitlines()[-1] == "Total:2", out.stderr
@@ -370,7 +389,7 @@ def test_started_version_is_read_from_the_jar(host: Host, world: World) -> None:
         (jars / f"sequoiacm-cloud-gateway-{OLD}.jar").unlink()
     # An old tools jar left beside the new one breaks the ctl script, as in the real tools.
     out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "-p", str(host.gw))
-    assert out.returncode == 1
+    assert (out.returncode, out.stdout) == (8, "")
     assert "exactly one" in out.stderr
     (jars / f"sequoiacm-cloud-tools-{OLD}.jar").unlink()
     out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "-p", str(host.gw))
@@ -425,15 +444,15 @@ def test_faults_apply_only_to_their_service_and_version(host: Host) -> None:
     set_fault(host.path, "service-center", "start-fail")
     assert host.ctl(cloud, "start", "-p", str(host.gw)).returncode == 0
     failed = host.ctl(cloud, "start", "-p", str(host.sc))
-    assert failed.returncode == 1
+    assert failed.returncode == 8
     assert "injected start failure" in failed.stderr
     assert not _port_open(host.sc)
 
     set_fault(host.path, "gateway", "stop-fail", version=OLD)
-    assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 1
+    assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 8
     assert _port_open(host.gw)
     set_fault(host.path, "daemon", "start-fail", version=OLD)
-    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 1
+    assert host.ctl("daemon/bin/scmd.sh", "start").returncode == 8
     clear_faults(host.path)
     assert host.ctl(cloud, "stop", "-t", "gateway").returncode == 0
     assert not _port_open(host.gw)
@@ -444,10 +463,10 @@ def test_slow_start_fault_delays_the_node(host: Host) -> None:
     cloud = f"{CLOUD}/bin/scmcloudctl.sh"
     set_fault(host.path, "gateway", "start-slow", version=OLD, seconds=0.8)
     late = host.ctl(cloud, "start", "--timeout", "0.3", "-p", str(host.gw))
-    assert late.returncode == 1
+    assert late.returncode == 8
     assert "not up within" in late.stderr
     assert not _port_open(host.gw)
-    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list").stdout
+    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list", "-m", "local").stdout
     started = time.monotonic()
     assert host.ctl(cloud, "start", "--timeout", "5", "-p", str(host.gw)).returncode == 0
     assert time.monotonic() - started >= 0.8
@@ -516,12 +535,12 @@ def test_scripts_work_bind_mounted_elsewhere(host: Host) -> None:
     subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
          str(host.path), str(mnt), str(host.sc)],
-        env={**os.environ, "JAVA_HOME": str(host.jdk)}, check=True, capture_output=True,
-        timeout=30,
+        env={**os.environ, "JAVA_HOME": str(host.jdk), "PATH": f"{host.jdk}/bin:{SYSTEM_PATH}"},
+        check=True, capture_output=True, timeout=30,
     )
     assert not any(mnt.iterdir())  # the mount lives only in the node's namespace
     line = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "list").stdout.splitlines()[0]
-    match = re.fullmatch(rf"SERVICE_CENTER\({host.sc}\) \((\d+)\)", line)
+    match = re.fullmatch(rf"SERVICE-CENTER\({host.sc}\) \((\d+)\)", line)
     assert match is not None, line
     pid = int(match.group(1))
     assert str(mnt) in " ".join(_cmdline(Path(f"/proc/{pid}")))
@@ -549,3 +568,259 @@ def test_scripts_run_as_a_non_root_install_user(world: World, tmp_path: Path) ->
     finally:
         kill_nodes(path)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the reference's "Nodes" facts
+# Literal facts of /work/shared/reference/original-tool.md, checked against the sandbox.
+
+JVM_ERROR = "Error occurred during initialization of VM"
+# The node names the real tools print (getName().toUpperCase()), per ctl, from the reference.
+LISTED = {
+    "sequoiacm-cloud/bin/scmcloudctl.sh": {
+        "service-center": "SERVICE-CENTER", "service-trace": "SERVICE-TRACE",
+        "auth-server": "AUTH-SERVER", "gateway": "GATEWAY", "admin-server": "ADMIN-SERVER",
+    },
+    "sequoiacm-config/bin/confctl.sh": {"config-server": "CONFIG-SERVER"},
+    "sequoiacm-schedule/bin/schctl.sh": {"schedule-server": "SCHEDULE-SERVER"},
+    "sequoiacm-content/bin/scmctl.sh": {"content-server": "CONTENT-SERVER"},
+    "sequoiacm-om/bin/omctl.sh": {"om-server": "OM-SERVER"},
+    "sequoiacm-s3/bin/s3ctl.sh": {"s3-server": "S3-SERVER"},
+    "sequoiacm-mq/bin/mqctl.sh": {"mq-server": "MQ-SERVER"},
+    "sequoiacm-fulltext/bin/ftctl.sh": {"fulltext-server": "FULLTEXT-SERVER"},
+}
+
+
+def test_every_service_is_listed_upper_cased_with_its_hyphen(world: World) -> None:
+    services = [name for names in LISTED.values() for name in names]
+    ports = dict(zip(services, free_ports(len(services)), strict=True))
+    topology = Topology(
+        services=tuple(services),
+        nodes=tuple(NodeSpec(name, port, running=False) for name, port in ports.items()),
+    )
+    path = world.root / "all-services" / "sequoiacm"
+    install(world.new, path, topology)
+    try:
+        host = Host(path, topology, 0, 0, 0, world.jdk)
+        for ctl, names in LISTED.items():
+            local = host.ctl(ctl, "list", "-m", "local")
+            expected = {f"{listed}({ports[name]}) (-)" for name, listed in names.items()}
+            assert local.returncode == 0, (ctl, local.stderr)
+            assert set(local.stdout.splitlines()[:-1]) == expected, ctl
+            assert local.stdout.splitlines()[-1] == f"Total:{len(names)}", ctl
+            # without -m local (mode run): running nodes only, and there are none
+            running = host.ctl(ctl, "list")
+            assert (running.returncode, running.stdout) == (1, "Total:0\n"), ctl
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_listing_stopped_then_running_nodes(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    before = host.ctl(cloud, "list", "-m", "local")
+    assert (before.returncode, before.stdout.splitlines()) == (
+        0, [f"SERVICE-CENTER({host.sc}) (-)", f"GATEWAY({host.gw}) (-)", "Total:2"]
+    )
+    assert host.ctl("sequoiacm-content/bin/scmctl.sh", "list", "-m", "local").stdout == (
+        f"CONTENT-SERVER({host.cs}) (-)\nTotal:1\n"
+    )
+    assert host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.sc)).returncode == 0
+    pid = health("127.0.0.1", host.sc, 2)["pid"]
+    after = host.ctl(cloud, "list", "-m", "local")
+    assert after.stdout.splitlines() == [
+        f"SERVICE-CENTER({host.sc}) ({pid})", f"GATEWAY({host.gw}) (-)", "Total:2"
+    ]
+    running = host.ctl(cloud, "list")
+    assert (running.returncode, running.stdout) == (
+        0, f"SERVICE-CENTER({host.sc}) ({pid})\nTotal:1\n"
+    )
+    conf = host.path.resolve() / CLOUD / "conf"
+    assert host.ctl(cloud, "list", "-m", "local", "-l").stdout.splitlines() == [
+        f"SERVICE-CENTER({host.sc}) ({pid}) {conf}/service-center/{host.sc}/application.properties",
+        f"GATEWAY({host.gw}) (-) {conf}/gateway/{host.gw}/application.properties",
+        "Total:2",
+    ]
+
+
+def test_bad_arguments_exit_with_invalid_arg(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    for args in (
+        ("list", "-m", "everything"), ("list", "--bogus"), ("start",), ("start", "-t", "nope"),
+        ("start", "-p", "notaport"), ("start", "-p", "1"), ("frobnicate",), (),
+    ):
+        done = host.ctl(cloud, *args)
+        assert (done.returncode, done.stdout) == (3, ""), args
+        assert done.stderr.startswith("ERROR: "), args
+    assert host.ctl("daemon/bin/scmd.sh", "restart").returncode == 3
+
+
+def test_running_means_a_live_process_naming_the_node(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    assert host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.gw)).returncode == 0
+    pid_file = host.path / CLOUD / "log" / "gateway" / str(host.gw) / "node.pid"
+    pid = int(pid_file.read_text())
+    os.kill(pid, 9)
+    assert _wait(lambda: not _alive(pid))
+    assert pid_file.exists()
+    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list", "-m", "local").stdout
+    # a live process that is not this node (this test) behind a pid file is not the node
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list", "-m", "local").stdout
+    assert host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.gw)).returncode == 0
+    assert health("127.0.0.1", host.gw, 2)["pid"] != os.getpid()
+
+
+def test_node_command_line_names_its_jar_and_config(host: Host, world: World) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    assert host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.gw)).returncode == 0
+    pid = health("127.0.0.1", host.gw, 2)["pid"]
+    argv = _cmdline(Path(f"/proc/{pid}"))
+    root = host.path.resolve() / CLOUD
+    jar = root / "jars" / f"sequoiacm-cloud-gateway-{OLD}.jar"
+    conf = root / "conf" / "gateway" / str(host.gw) / "application.properties"
+    assert argv[argv.index("-jar") + 1] == str(jar), argv
+    assert argv[-1] == f"--spring.config.location={conf}", argv
+    # `java` from PATH was the JDK's: its JVM runs the node
+    assert any(a.startswith(str(world.jdk)) and a.endswith("sandboxjvm.py") for a in argv), argv
+    assert Path(f"/proc/{pid}/cwd").resolve() == root
+
+
+def test_nodes_start_with_the_first_java_on_path(host: Host, tmp_path: Path) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    decoy = make_decoy_java(tmp_path / "decoy")
+    # JAVA_HOME is right, but the OS's java comes first on PATH: the node cannot start
+    wrong = host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.gw),
+                     path=f"{decoy.parent}:{SYSTEM_PATH}")
+    assert wrong.returncode == 8, wrong.stderr
+    assert "Invalid or corrupt jarfile" in wrong.stderr
+    assert f"java on PATH: {decoy}" in wrong.stderr
+    assert not _port_open(host.gw)
+    assert f"GATEWAY({host.gw}) (-)" in host.ctl(cloud, "list", "-m", "local").stdout
+    assert not list((host.path / CLOUD / "log").rglob("node.pid"))
+    # With $JAVA_HOME/bin first on PATH, as the vendor's upgrader sets it, it starts.
+    right = host.ctl(cloud, "start", "--timeout", "10", "-p", str(host.gw),
+                     path=f"{host.jdk}/bin:{decoy.parent}:{SYSTEM_PATH}")
+    assert right.returncode == 0, right.stderr
+    assert health("127.0.0.1", host.gw, 2)["status"] == "UP"
+
+
+def test_the_tool_itself_runs_on_java_home(host: Host, tmp_path: Path) -> None:
+    wrong_home = tmp_path / "jdk17"
+    make_decoy_java(wrong_home / "bin")
+    env = {**os.environ, "JAVA_HOME": str(wrong_home), "PATH": f"{host.jdk}/bin:{SYSTEM_PATH}"}
+    done = subprocess.run(
+        [str(host.path / CLOUD / "bin" / "scmcloudctl.sh"), "list", "-m", "local"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert "Invalid or corrupt jarfile" in done.stderr
+
+
+def test_sandbox_jdk_and_decoy_answer_like_java(world: World, tmp_path: Path) -> None:
+    decoy = make_decoy_java(tmp_path / "decoy")
+    version = subprocess.run([str(decoy), "-version"], capture_output=True, text=True)
+    assert version.returncode == 0
+    assert version.stderr.splitlines()[0] == 'openjdk version "17.0.15"'
+    with tarfile.open(world.old / "package" / f"{CLOUD}-{OLD}-release.tar.gz") as tar:
+        member = tar.extractfile(f"{CLOUD}/jars/sequoiacm-cloud-gateway-{OLD}.jar")
+        tools = tar.extractfile(f"{CLOUD}/jars/sequoiacm-cloud-tools-{OLD}.jar")
+        assert member is not None and tools is not None
+        (tmp_path / "gw.jar").write_bytes(member.read())
+        (tmp_path / "tools.jar").write_bytes(tools.read())
+    (tmp_path / "plain.jar").write_text("not a jar\n")
+    (tmp_path / "nomain.jar").write_text("SEQUOIACM-SANDBOX-JAR x 1.0.0\n")
+    java = str(world.jdk / "bin" / "java")
+    expected = {
+        (java, "missing.jar"): f"Error: Unable to access jarfile {tmp_path}/missing.jar",
+        (java, "plain.jar"): f"Error: Invalid or corrupt jarfile {tmp_path}/plain.jar",
+        (java, "nomain.jar"): f"no main manifest attribute, in {tmp_path}/nomain.jar",
+        (java, "tools.jar"): "Error: Could not find or load main class com.sequoiacm.tools.Main",
+        (str(decoy), "gw.jar"): f"Error: Invalid or corrupt jarfile {tmp_path}/gw.jar",
+    }
+    for (binary, jar), first_line in expected.items():
+        done = subprocess.run([binary, "-Xmx1g", "-jar", str(tmp_path / jar)],
+                              capture_output=True, text=True, timeout=10)
+        assert (done.returncode, done.stdout) == (1, ""), (binary, jar)
+        assert done.stderr.splitlines()[0] == first_line, (binary, jar)
+
+
+def test_node_answers_down_until_ready(host: Host, world: World) -> None:
+    conf = host.path / CLOUD / "conf" / "gateway" / str(host.gw) / "application.properties"
+    jar = host.path / CLOUD / "jars" / f"sequoiacm-cloud-gateway-{OLD}.jar"
+    node = subprocess.Popen(
+        [str(world.jdk / "bin" / "java"), "-Dsandbox.startDelay=0.8", "-jar", str(jar),
+         f"--spring.config.location={conf}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait(lambda: _port_open(host.gw))
+        head, _, body = _http(host.gw, b"GET /internal/v1/health HTTP/1.0\r\n\r\n").partition(
+            b"\r\n\r\n"
+        )
+        assert head.startswith(b"HTTP/1.0 503 ") and json.loads(body) == {"status": "DOWN"}
+        assert _wait(lambda: _status(host.gw) == 200)
+        assert health("127.0.0.1", host.gw, 2) == {
+            "status": "UP", "version": OLD, "service": "gateway", "port": host.gw,
+            "pid": node.pid,
+        }
+    finally:
+        node.terminate()
+        node.wait(timeout=10)
+
+
+def test_jvm_fail_fails_the_whole_tool_like_a_jvm(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    set_fault(host.path, "gateway", "jvm-fail")
+    for args in (("list", "-m", "local"), ("list",), ("start", "-p", str(host.sc)),
+                 ("stop", "--all")):
+        done = host.ctl(cloud, *args)
+        assert (done.returncode, done.stdout) == (1, ""), args
+        assert done.stderr.splitlines() == [
+            JVM_ERROR, "Could not reserve enough space for object heap"
+        ], args
+    assert not _port_open(host.sc)
+    # other directories' tools are not affected
+    assert host.ctl("sequoiacm-content/bin/scmctl.sh", "list", "-m", "local").returncode == 0
+    # a switch for another version of the tool does not apply
+    set_fault(host.path, "gateway", "jvm-fail", version=NEW)
+    assert host.ctl(cloud, "list", "-m", "local").returncode == 0
+    clear_fault(host.path, "gateway", "jvm-fail")
+    assert host.ctl(cloud, "list", "-m", "local").stdout.endswith("Total:2\n")
+
+
+def test_jvm_fail_for_the_next_calls_only(host: Host) -> None:
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    set_fault(host.path, "service-center", "jvm-fail", times=1)
+    first = host.ctl(cloud, "list", "-m", "local")
+    assert (first.returncode, first.stdout, first.stderr.splitlines()[0]) == (1, "", JVM_ERROR)
+    assert fault_times_left(host.path, "service-center", "jvm-fail") == 0
+    retry = host.ctl(cloud, "list", "-m", "local")
+    assert (retry.returncode, retry.stdout.splitlines()[-1]) == (0, "Total:2")
+    # concurrent calls share the count exactly
+    set_fault(host.path, "service-center", "jvm-fail", times=3)
+    env = {**os.environ, "JAVA_HOME": str(host.jdk)}
+    procs = [
+        subprocess.Popen([str(host.path / cloud), "list", "-m", "local"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    results = [(p.returncode, out) for p in procs for out, _ in [p.communicate(timeout=30)]]
+    assert sorted(code for code, _ in results) == [0, 0, 0, 1, 1, 1]
+    assert all(out.endswith("Total:2\n") for code, out in results if code == 0)
+    assert fault_times_left(host.path, "service-center", "jvm-fail") == 0
+
+
+def _status(port: int) -> int:
+    try:
+        line = _http(port, b"GET /internal/v1/health HTTP/1.0\r\n\r\n").split(b"\r\n", 1)[0]
+    except OSError:
+        return 0
+    return int(line.split()[1])
+
+
+def _wait(done: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -14,8 +15,8 @@ import pytest
 
 from scmflow.catalog import load_catalog
 from scmflow.compatibility import load_compatibility
-from scmflow.config import parse_config
-from scmflow.errors import ScmflowError
+from scmflow.config import load_config, parse_config
+from scmflow.errors import JournalError, ScmflowError
 from scmflow.inventory import HostInventory, InstalledService, Node
 from scmflow.journal import Journal, find_secret_key, read_journal
 from scmflow.plan import make_plan
@@ -30,6 +31,7 @@ from scmflow.upgrade import (
     build_header,
     check_cluster,
     make_layout,
+    open_run,
 )
 
 CATALOG = load_catalog()
@@ -145,6 +147,52 @@ def test_the_header_records_what_a_rollback_needs(checked: CheckedCluster) -> No
     )
 
 
+def test_the_header_records_the_config_file_by_path_and_sha256_never_its_content(
+    checked: CheckedCluster, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "upgrade.cfg"
+    cfg.write_text(CONFIG)
+    recorded = load_config(cfg, CATALOG).file
+    assert recorded is not None
+    checked.target = replace(checked.target, config=recorded)
+    layout = make_layout(checked.target, "2024-05-01-08:00:00", 300)
+    header = build_header(checked, layout, argv=["scm.py"], stamp="2024-05-01-08:00:00", parallel=1)
+
+    assert header["config"] == {"path": str(cfg), "sha256": hashlib.sha256(cfg.read_bytes()).hexdigest()}
+    journal = Journal.create(tmp_path / "status", header)
+    journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+    journal.close()
+    assert SECRET.encode() not in journal.path.read_bytes()
+    state = open_run(journal.path)
+    state.journal.close()
+    assert state.config == recorded
+
+
+def test_a_status_file_without_a_config_record_still_opens(checked: CheckedCluster, tmp_path: Path) -> None:
+    layout = make_layout(checked.target, "s", 300)
+    header = build_header(checked, layout, argv=[], stamp="s", parallel=1)
+    assert "config" not in header  # a target without a config file (the demo)
+    journal = Journal.create(tmp_path / "status", header)
+    journal.close()
+    state = open_run(journal.path)
+    state.journal.close()
+    assert state.config is None and len(state.pairs) == 2
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["/opt/upgrade.cfg", {"path": "upgrade.cfg", "sha256": "0" * 64}, {"path": "/u.cfg", "sha256": "beef"}],
+)
+def test_a_malformed_config_record_is_refused_for_rollback_and_resume(
+    checked: CheckedCluster, tmp_path: Path, record: object
+) -> None:
+    header = build_header(checked, make_layout(checked.target, "s", 300), argv=[], stamp="s", parallel=1)
+    journal = Journal.create(tmp_path / "status", {**header, "config": record})
+    journal.close()
+    with pytest.raises(JournalError, match=r"its header lacks a valid config$"):
+        open_run(journal.path)
+
+
 def test_each_header_has_its_own_run_id(checked: CheckedCluster) -> None:
     layout = make_layout(checked.target, "s", 300)
     ids = {build_header(checked, layout, argv=[], stamp="s", parallel=1)["run_id"] for _ in range(3)}
@@ -198,6 +246,7 @@ class ProbeSession:
             "ok": True,
             "install_path_exists": install_path_exists,
             "java_home": "/opt/jdk",
+            "java": "/opt/jdk/bin/java",
             "java_version": "1.8.0_221",
             "services": {
                 n: {"version": v, "nodes": [{"port": 8080, "pid": 5, "running": True}]}

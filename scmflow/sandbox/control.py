@@ -14,12 +14,20 @@ from scmflow.sandbox.errors import SandboxError
 from scmflow.sandbox.topology import Topology, check_topology
 
 # run(argv, env): run one command where the caller decides (locally, or on a test host);
-# `env` holds the variables to add (JAVA_HOME); raise SandboxError when it fails.
+# `env` holds the variables to add (JAVA_HOME, PATH); raise SandboxError when it fails.
 RunFn = Callable[[list[str], dict[str, str]], None]
 
 # The install user sees a plain system PATH, not the caller's (which may point into /root).
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _COMMAND_TIMEOUT = 120.0
+# Files whose process is a sandbox process: nodes run the JDK's JVM, the daemon its script.
+_SANDBOX_PROGRAMS = (b"/sandboxjvm.py", b"/scmsandbox.py", b"/scmdaemon.py")
+
+
+def java_env(java_home: Path) -> dict[str, str]:
+    """What the vendor's upgrader gives the ctl scripts: JAVA_HOME, and its bin/ first on
+    PATH, since the tools start nodes with the first `java` on PATH."""
+    return {"JAVA_HOME": str(java_home), "PATH": f"{java_home}/bin:{SYSTEM_PATH}"}
 
 
 def start_topology(
@@ -37,10 +45,10 @@ def start_topology(
         nodes = [n for n in topology.nodes_of(service.name) if n.running]
         for node in sorted(nodes, key=lambda n: n.port or 0):
             if node.port is None:
-                run([ctl, "start"], {"JAVA_HOME": str(java_home)})
+                run([ctl, "start"], java_env(java_home))
             else:
                 argv = [ctl, "start", "--timeout", str(timeout), "-p", str(node.port)]
-                run(argv, {"JAVA_HOME": str(java_home)})
+                run(argv, java_env(java_home))
 
 
 def stop_all(
@@ -59,7 +67,7 @@ def stop_all(
             continue
         ctl = str((run_path or install_path) / service.dir / "bin" / service.ctl)
         try:
-            run([ctl, *service.stop_args], {"JAVA_HOME": str(java_home)})
+            run([ctl, *service.stop_args], java_env(java_home))
         except SandboxError as exc:
             errors.append(str(exc))
     if errors:
@@ -140,7 +148,8 @@ def _is_sandbox_process(pid: int) -> bool:
     except OSError:
         return False
     alive = state.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
-    return alive and len(argv) > 1 and argv[1].endswith((b"/scmsandbox.py", b"/scmdaemon.py"))
+    # python3 [-S] PROGRAM ...: the program is the first or second argument
+    return alive and any(arg.endswith(_SANDBOX_PROGRAMS) for arg in argv[1:3])
 
 
 def _terminate(pid: int) -> None:

@@ -16,15 +16,40 @@ DAEMON_HELPER = "scmdaemon.py"
 TOP_PY = "release_info.py"
 _PAYLOAD = Path(__file__).resolve().parent / "payload"
 
+TOOL_MAIN_CLASS = "com.sequoiacm.tools.Main"
+SPRING_BOOT_LAUNCHER = "org.springframework.boot.loader.JarLauncher"
+# Exit codes of the ctl tools (ScmExitCode): no tools jar is FILE_NOT_FIND, several SYSTEM_ERROR.
+_FILE_NOT_FOUND = 4
+_SYSTEM_ERROR = 8
+
+# Like the real script, the wrapper runs its tools jar with $JAVA_HOME/bin/java; the tool's
+# code is @HELPER@ from this same bin/ (passed to the sandbox JVM as sandbox.program), so
+# replacing bin/ replaces both. Tokens rather than str.format: bash is full of braces.
 _WRAPPER = """#!/bin/bash
-# SequoiaCM sandbox {ctl} {version}: the real script's interface, carried out by
-# {helper} from this same bin/ directory, so replacing bin/ replaces both.
-# Parameter expansion rather than dirname/basename: no fork, since tools call this often.
-self=${{BASH_SOURCE[0]}}
-case $self in */*) bin_dir=${{self%/*}} ;; *) bin_dir=. ;; esac
-python=python3
-if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; fi
-exec "$python" -S "$bin_dir/{helper}" "${{self##*/}}" "$@"
+# SequoiaCM sandbox @CTL@ @VERSION@: runs the @PACK@ tools jar with $JAVA_HOME/bin/java.
+# Parameter expansion and globs rather than dirname/ls: no fork, since tools call this often.
+self=${BASH_SOURCE[0]}
+case $self in */*) bin_dir=${self%/*} ;; *) bin_dir=. ;; esac
+if [ -z "$JAVA_HOME" ]; then
+  echo "ERROR: JAVA_HOME is not set; set it to the JDK that runs SequoiaCM" >&2
+  exit 1
+fi
+java=$JAVA_HOME/bin/java
+if [ ! -f "$java" ] || [ ! -x "$java" ]; then
+  echo "ERROR: $java does not exist or is not executable; check JAVA_HOME" >&2
+  exit 1
+fi
+jars=("$bin_dir"/../@TOOLS_JAR@)
+if [ ! -f "${jars[0]}" ]; then
+  echo "ERROR: expected exactly one @PACK@/@TOOLS_JAR@, found: none" >&2
+  exit @FILE_NOT_FOUND@
+fi
+if [ ${#jars[@]} -ne 1 ]; then
+  echo "ERROR: expected exactly one @PACK@/@TOOLS_JAR@, found: ${jars[*]##*/}" >&2
+  exit @SYSTEM_ERROR@
+fi
+exec "$java" -Xmx256m -Dsandbox.program="$bin_dir/@HELPER@" -jar "${jars[0]}" \\
+  "${self##*/}" "$@"
 """
 
 
@@ -85,8 +110,12 @@ def pack_files(pack: Pack, version: str, pad: int = 0) -> dict[str, FileSpec]:
     jars = [s.version_file.replace("*", version) for s in pack.services if ships(s, version)]
     tools = pack.tools_jar(version)
     padded = tools or jars[0]
-    for jar in [*jars, *([tools] if tools else [])]:
-        files[jar] = FileSpec(jar_bytes(jar, version, pad if jar == padded else 0))
+    # The services of a port-node pack are Spring Boot applications; every other jar is a tool.
+    main = SPRING_BOOT_LAUNCHER if pack.role == "nodes" else TOOL_MAIN_CLASS
+    for jar in jars:
+        files[jar] = FileSpec(jar_bytes(jar, version, pad if jar == padded else 0, main))
+    if tools:
+        files[tools] = FileSpec(jar_bytes(tools, version, pad if tools == padded else 0))
     files.update(_bin_files(pack, version))
     files[TOP_PY] = FileSpec(
         f'"""SequoiaCM sandbox {pack.dir}, release {version}."""\n\nVERSION = "{version}"\n'
@@ -102,14 +131,10 @@ def _bin_files(pack: Pack, version: str) -> dict[str, FileSpec]:
         "version": version,
         "role": pack.role,
         "tools_jar": pack.tools_jar("*"),
-        "services": [
-            {"name": s.name, "printed": s.printed, "version_file": s.version_file}
-            for s in pack.services
-        ],
+        "services": [{"name": s.name, "version_file": s.version_file} for s in pack.services],
     }
-    wrapper = _WRAPPER.format(ctl=pack.ctl, version=version, helper=NODE_HELPER)
     files = {
-        f"bin/{pack.ctl}": FileSpec(wrapper.encode(), 0o755),
+        f"bin/{pack.ctl}": FileSpec(wrapper(pack, version).encode(), 0o755),
         f"bin/{NODE_HELPER}": FileSpec((_PAYLOAD / NODE_HELPER).read_bytes(), 0o755),
         "bin/sandbox.json": FileSpec((json.dumps(manifest, indent=2) + "\n").encode()),
     }
@@ -118,10 +143,28 @@ def _bin_files(pack: Pack, version: str) -> dict[str, FileSpec]:
     return files
 
 
-def jar_bytes(jar: str, version: str, pad: int = 0) -> bytes:
-    """A sandbox jar: a header line the scripts read the version from, then filler."""
+def wrapper(pack: Pack, version: str) -> str:
+    """The pack's ctl script (bash), which runs the pack's tools jar with $JAVA_HOME/bin/java."""
+    assert pack.ctl is not None
+    tokens = {
+        "@CTL@": pack.ctl,
+        "@VERSION@": version,
+        "@PACK@": pack.dir,
+        "@TOOLS_JAR@": pack.tools_jar("*") or pack.services[0].version_file,
+        "@HELPER@": NODE_HELPER,
+        "@FILE_NOT_FOUND@": str(_FILE_NOT_FOUND),
+        "@SYSTEM_ERROR@": str(_SYSTEM_ERROR),
+    }
+    text = _WRAPPER
+    for token, value in tokens.items():
+        text = text.replace(token, value)
+    return text
+
+
+def jar_bytes(jar: str, version: str, pad: int = 0, main_class: str = TOOL_MAIN_CLASS) -> bytes:
+    """A sandbox jar: a header the sandbox JVM and scripts read (version, Main-Class), filler."""
     artifact = Path(jar).name.removesuffix(f"-{version}.jar")
-    head = f"{JAR_MAGIC} {artifact} {version}\nMain-Class: com.sequoiacm.sandbox.Main\n"
+    head = f"{JAR_MAGIC} {artifact} {version}\nMain-Class: {main_class}\n"
     return head.encode() + random_bytes(f"{version}:{jar}", pad)
 
 

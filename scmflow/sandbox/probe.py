@@ -15,6 +15,8 @@ from scmflow.sandbox.errors import SandboxError
 from scmflow.sandbox.faults import FAULTS_DIR
 
 _CHUNK = 1 << 20
+# Where every node answers its health (Spring Boot actuator style), as the real nodes do.
+HEALTH_PATH = "/internal/v1/health"
 
 
 def tree_digest(install_path: Path, *, include_owner: bool = False) -> str:
@@ -55,21 +57,25 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
 
 
 def health(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
-    """GET http://host:port/health and return its JSON; SandboxError when it does not answer."""
+    """GET http://host:port/internal/v1/health and return its JSON.
+
+    SandboxError when the node does not answer 200 (a starting node answers 503, DOWN).
+    """
+    url = f"{host}:{port}{HEALTH_PATH}"
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/health")
+        conn.request("GET", HEALTH_PATH)
         resp = conn.getresponse()
         body = resp.read()
         if resp.status != 200:
-            raise SandboxError(f"{host}:{port}/health answered HTTP {resp.status}")
+            raise SandboxError(f"{url} answered HTTP {resp.status}")
         data = json.loads(body)
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise SandboxError(f"{host}:{port}/health: {exc}") from exc
+        raise SandboxError(f"{url}: {exc}") from exc
     finally:
         conn.close()
     if not isinstance(data, dict):
-        raise SandboxError(f"{host}:{port}/health answered {data!r}")
+        raise SandboxError(f"{url} answered {data!r}")
     return data
 
 

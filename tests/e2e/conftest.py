@@ -49,6 +49,12 @@ def host_cluster_factory() -> Iterator[ClusterFactory]:
 
 
 @pytest.fixture(scope="session")
+def cluster2(host_cluster_factory: ClusterFactory) -> TestCluster:
+    """Two running test hosts shared by the whole session."""
+    return host_cluster_factory(2)
+
+
+@pytest.fixture(scope="session")
 def cluster3(host_cluster_factory: ClusterFactory) -> TestCluster:
     """Three running test hosts shared by the whole session."""
     return host_cluster_factory(3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -14,12 +15,24 @@ from pathlib import Path
 
 from scmflow import sandbox
 from scmflow.sandbox import NodeSpec, Topology
-from tests.hosts import INSTALL_USER, TestCluster, TestHost
+from tests.hosts import INSTALL_GROUP, INSTALL_USER, TestCluster, TestHost
 
 REPO = Path(__file__).resolve().parents[2]
 SCM = REPO / "scm.py"
 INSIDE_INSTALL = Path("/opt/sequoiacm")
 INSIDE_JAVA = Path("/opt/java")
+CONTENT = "sequoiacm-content"
+# Customer files as customers leave them: not the installer's 0644/0755.
+CUSTOMER_MODES = {
+    "lib/hbase_transwarp": 0o750,
+    "lib/hbase_transwarp/hbase-client-transwarp-5.2.3.jar": 0o640,
+    "lib/hdfs_transwarp/hadoop-hdfs-transwarp-5.2.3.jar": 0o600,
+}
+
+
+def install_owner() -> tuple[int, int]:
+    """(uid, gid) of a real install made with InstallUserGroup: scmadmin:scmadmin_group."""
+    return pwd.getpwnam(INSTALL_USER).pw_uid, grp.getgrnam(INSTALL_GROUP).gr_gid
 
 
 def host_run(host: TestHost) -> sandbox.RunFn:
@@ -61,16 +74,21 @@ class Scenario:
     def install(
         self, host: TestHost, version: str, topology: Topology, *, customer_jars: bool = False
     ) -> None:
-        """Install `version` with `topology` on `host` and start its running nodes."""
+        """Install `version` with `topology` on `host` and start its running nodes.
+
+        The tree belongs to scmadmin:scmadmin_group; customer jars get customers' modes.
+        """
         target = outer_install(host)
-        owner = pwd.getpwnam(INSTALL_USER)
         sandbox.install(
             self.releases[version],
             target,
             topology,
-            owner=(owner.pw_uid, owner.pw_gid),
+            owner=install_owner(),
             customer_jars=customer_jars,
         )
+        if customer_jars:
+            for rel, mode in CUSTOMER_MODES.items():
+                (target / CONTENT / rel).chmod(mode)
         sandbox.start_topology(
             INSIDE_INSTALL,
             topology,
@@ -79,14 +97,27 @@ class Scenario:
         )
         self.topologies[host.name] = topology
 
-    def config(self, *, user: str = "root", password: str = "", services: str | None = None) -> Path:
-        """Write an upgrade.cfg for every host of the cluster and return its path."""
+    def config(
+        self,
+        *,
+        user: str = "root",
+        password: str = "",
+        services: str | None = None,
+        install_group: str | None = None,
+    ) -> Path:
+        """Write an upgrade.cfg for every host of the cluster and return its path.
+
+        `install_group` adds the InstallUserGroup column real configs carry.
+        """
         rows = "\n".join(
             f"{h.address}, 22, {user}, {password}, /opt/java" for h in self.cluster.hosts
         )
         service_line = f"service={services}" if services else "#service="
+        install = "InstallPath, InstallUser\n/opt, scmadmin"
+        if install_group:
+            install = f"InstallPath, InstallUser, InstallUserGroup\n/opt, scmadmin, {install_group}"
         text = (
-            "[installconfig]\nInstallPath, InstallUser\n/opt, scmadmin\n\n"
+            f"[installconfig]\n{install}\n\n"
             "[host]\nHostName, SshPort, User, Password, JavaHome\n"
             f"{rows}\n\n[config]\n{service_line}\n"
             "upgradePackPath=/opt/upgrade/sequoiacm\nbackupPath=/opt/backup/sequoiacm\n"

@@ -70,7 +70,7 @@ def test_sudo_with_password_runs_as_install_user_and_never_logs_the_password(
         assert result.stdout.splitlines() == ["scmadmin", "/home/scmadmin", "install user", "from stdin"]
         assert session.run(["id", "-un"]).stdout.strip() == cluster3.ops_user
     messages = [record.getMessage() for record in caplog.records]
-    assert any("sudo -S -k -p '' -u scmadmin" in m for m in messages)
+    assert any(re.search(r"sudo -S -k -p '\[scmflow-sudo-[0-9a-f]{16}\]' -u scmadmin", m) for m in messages)
     assert all(cluster3.ops_password not in m for m in messages)
 
 
@@ -88,7 +88,8 @@ def test_password_is_absent_from_the_remote_process_list(cluster3: TestCluster, 
         worker.join()
     running = [line for sample in samples for line in sample.splitlines() if f"sleep {seconds}" in line]
     assert any(line.startswith("scmadmin") for line in running), "the sudo'd command never showed up"
-    assert any("sudo -S -k -p  -u scmadmin -H -- sleep" in line for line in running)
+    # sudo itself shows only while it authenticates (it then execs the command), too briefly
+    # to be sampled reliably; the command line it had is checked in the log test above.
     assert all(cluster3.ops_password not in sample for sample in samples)
 
 
@@ -103,6 +104,28 @@ def test_sudo_refusals_are_explained_without_the_password(cluster3: TestCluster,
     with SSHSession.connect(no_password, _options(cluster3, tmp_path)) as session:
         with pytest.raises(RemoteError, match="needs a password for sudo and none is configured"):
             session.run(["true"], user=cluster3.ops_user)
+
+
+def test_the_password_goes_only_to_a_sudo_that_asks_for_it(cluster3: TestCluster, tmp_path: Path) -> None:
+    host = cluster3.hosts[2]
+    rule = Path("/etc/sudoers.d/scmflow-tests-nopasswd")
+    with SSHSession.connect(_ops(cluster3, host), _options(cluster3, tmp_path)) as session:
+        # The first sudo learns that this user needs a password for scmadmin...
+        assert session.run(["id", "-un"], user="scmadmin").stdout == "scmadmin\n"
+        # ...then the rule changes under the session: sudo will no longer ask.
+        rule.write_text(f"{cluster3.ops_user} ALL=(scmadmin) NOPASSWD: ALL\n")
+        rule.chmod(0o440)
+        try:
+            ran = session.run(["cat"], user="scmadmin", stdin=b"only this\n")
+            stream = session.open_stream(["cat"], user="scmadmin")
+            stream.send(b"stream input\n")
+            line = stream.read_line(10)
+            stream.close()
+        finally:
+            rule.unlink()
+    assert ran.stdout == "only this\n"
+    assert cluster3.ops_password not in ran.stdout + ran.stderr
+    assert line == b"stream input\n"
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(cluster3: TestCluster, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ would show).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -100,9 +101,9 @@ def _environments(host: TestHost) -> list[bytes]:
 
 
 def run_with_sampling(
-    s: Scenario, args: list[str], env: dict[str, str]
+    s: Scenario, args: list[str], env: dict[str, str], *, cwd: Path | None = None
 ) -> tuple[subprocess.CompletedProcess[str], Sampler]:
-    """Run scm.py as the operator while a Sampler watches every host."""
+    """Run scm.py as the operator, from `cwd` (default: s.work), while a Sampler watches every host."""
     full_env = {
         "HOME": str(s.home),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -117,7 +118,7 @@ def run_with_sampling(
             capture_output=True,
             text=True,
             env=full_env,
-            cwd=s.work,
+            cwd=s.work if cwd is None else cwd,
             timeout=600,
         )
     return done, sampler
@@ -198,3 +199,70 @@ def test_password_from_environment_leaks_nowhere(scenario: Scenario) -> None:
 
 def test_literal_password_in_config_leaks_nowhere(scenario: Scenario) -> None:
     upgrade_and_check_nothing_leaks(scenario, scenario.cluster.ops_password, {})
+
+
+def test_rollback_without_config_uses_the_recorded_one_until_it_changes(scenario: Scenario) -> None:
+    """The vendor manual's `--rollback --upgrade-status-path FILE --unattended`, no config, no tty."""
+    s = scenario
+    cluster = s.cluster
+    secret = cluster.ops_password
+    config = s.config(user=cluster.ops_user, password=secret)
+    original = config.read_bytes()
+    before, running = s.digests(), s.running()
+    args = s.upgrade_args("3.2.2", "--unattended", "--parallel", "3")
+    args[args.index(str(config))] = config.name  # relative, as operators type it; cwd is s.work
+    done = s.scm(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (status,) = s.status_files()
+    assert read_journal(status).header["config"] == {
+        "path": str(config),
+        "sha256": hashlib.sha256(original).hexdigest(),
+    }
+    assert secret.encode() not in status.read_bytes()
+    upgraded = s.digests()
+    assert upgraded != before
+    # from another directory, so only the recorded absolute path can find the config
+    elsewhere = s.home
+    rollback = [
+        "cluster", "--rollback", "--upgrade-status-path", str(status),
+        "--status-dir", str(s.status_dir), "--unattended",
+    ]
+
+    # a changed config: one line, exit 2, and not even a TCP connection to any host
+    config.write_bytes(original + b"# edited after the upgrade\n")
+    connections = {h.name: h.accepted_connections() for h in cluster.hosts}
+    journal_bytes = status.read_bytes()
+    done, _ = run_with_sampling(s, rollback, {}, cwd=elsewhere)
+    assert done.returncode == 2, done.stdout + done.stderr
+    logins = ", ".join(f"{cluster.ops_user}@{h.address}" for h in cluster.hosts)
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"[ERROR] the SSH password of {logins} is not in the status file and cannot be asked "
+        f"(--unattended); pass --upgrade-conf FILE (the config recorded in the status file, {config}, "
+        "has changed since the run)"
+    ]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert {h.name: h.accepted_connections() for h in cluster.hosts} == connections
+    assert s.digests() == upgraded
+    assert all(v == "3.2.2" for ports in s.running().values() for v in ports.values())
+    assert status.read_bytes() == journal_bytes
+
+    # the very bytes of the run again: the rollback logs in with the recorded config's password
+    config.write_bytes(original)
+    logins_before = {h.name: _password_logins(h) for h in cluster.hosts}
+    done, sampler = run_with_sampling(s, rollback, {}, cwd=elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"[INFO ] The SSH passwords come from the config recorded in the status file, {config}" in (
+        done.stdout.splitlines()
+    )
+    assert all(_password_logins(h) > logins_before[h.name] for h in cluster.hosts)
+    assert s.digests() == before
+    now = s.running()
+    assert {h: set(p) for h, p in now.items()} == {h: set(p) for h, p in running.items()}
+    assert all(v == "3.1.2" for ports in now.values() for v in ports.values()), now
+    assert {r.state for r in replay(read_journal(status)).values()} == {"rolled_back"}
+
+    # and the password reached no status byte, log, output or command line
+    assert secret not in done.stdout and secret not in done.stderr
+    assert secret.encode() not in status.read_bytes()
+    assert secret.encode() not in log_path(done.stdout).read_bytes()
+    assert [sample for sample in sampler.args if secret in sample] == []

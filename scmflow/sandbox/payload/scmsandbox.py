@@ -1,59 +1,152 @@
-"""Sandbox SequoiaCM control tool: what every pack's `bin/<ctl>.sh` runs, and its nodes.
+"""Sandbox SequoiaCM control tool: the program every pack's `bin/<ctl>.sh` runs.
 
 Shipped verbatim in each pack's `bin/` beside `sandbox.json` (the pack's manifest), so an
-upgrade that replaces `bin/` replaces it too. Standard library only: it runs on test hosts
-with nothing but python3. Every path is derived from this file's location at run time, so
-the install may be moved or bind-mounted elsewhere.
+upgrade that replaces `bin/` replaces it too. The ctl script checks JAVA_HOME and runs the
+pack's tools jar with `$JAVA_HOME/bin/java -Dsandbox.program=<this file>`: the sandbox JDK
+(scmflow/sandbox/jdk.py) then runs this file as the tool. Standard library only: it runs on
+test hosts with nothing but python3. Every path is derived from this file's location at run
+time, so the install may be moved or bind-mounted elsewhere.
 
-Interface (all need JAVA_HOME with an executable bin/java; failures exit 1 with `ERROR:`):
-  <ctl> list [-m local]            `NAME(PORT) (PID)` or `NAME(PORT) (-)` per node, `Total:N`;
-                                   exit 1 when there are no nodes
+Behaviour, as SequoiaCM's own tools (see the reference's "Nodes" section):
+  <ctl> list [-m local|run] [-l] [-p PORT]
+        one line per node, `NAME(PORT) (PID)` running or `NAME(PORT) (-)` stopped, then
+        `Total:N`. NAME is the service name upper-cased, hyphen kept (`SERVICE-CENTER`).
+        `-m local` lists every configured node (a dir `<dir>/conf/<service>/<port>/`), the
+        default `run` only running ones; `-l` appends the node's properties path.
   <ctl> start [--timeout S] -p PORT [-p PORT...] | -t SERVICE | -t all | --all
-                                   start detached, wait for /health; a running node is a no-op;
-                                   a node not up in time is killed and the start fails
-  <ctl> stop  -p PORT | -t SERVICE | -t all | --all     stop and wait; nothing running = exit 0
+        starts each node as `nohup java <jvm options> -jar <jar>
+        --spring.config.location=<conf>/application.properties`, `java` being the FIRST java
+        on PATH, and waits until GET /internal/v1/health says UP (a node not up in time is
+        killed and the start fails); a running node is left alone.
+  <ctl> stop  -p PORT | -t SERVICE | -t all | --all      stops and waits; none running = 0
   scmd.sh start|stop|status        the daemon; status exits 0 when running, 1 when not
   scmsysctl.sh -v | list           version of the sys-tools; every node of the host
-Runtime files live only under <dir>/log/. Fault switches: <install>/.sandbox-faults/.
+A node runs when the pid in its pid file (under `log/`) is a live process whose command
+line names that node's config file. Exit codes (ScmExitCode): 0 success, 1 EMPTY_OUT (a
+listing with no node; `Total:0` is still printed), 3 invalid argument, 4 file not found,
+8 system error; errors are one `ERROR:` line on stderr.
 
-Usage: scmsandbox.py <ctl-name> <ctl args...>     (through the ctl wrapper)
-       scmsandbox.py node --service S --port P --delay D -jar JAR   (one node process)
+Fault switches (`<install>/.sandbox-faults/<service>.<kind>`, see faults.py): start-fail,
+stop-fail, start-slow, and jvm-fail, which makes the whole tool of the service's directory
+fail as a JVM that cannot start: nothing on stdout, `Error occurred during initialization of
+VM` on stderr, exit 1, no `Total:` line.
+
+Usage: scmsandbox.py <ctl-name> <ctl args...>     (through the ctl script and the JDK)
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Tools call the ctl scripts many times per upgrade, so each call imports only what it needs:
-# http.client and http.server alone cost more CPU than the rest of a `list`. Nodes answer HTTP
-# from a plain socket, and subprocess is imported by the commands that spawn.
+# argparse alone (re, gettext...) cost a third of a `list`, http.client more still. Options
+# are parsed by hand, health is asked over a plain socket, and socket, subprocess and fcntl
+# are imported by the commands that need them.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     import subprocess
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 JAR_MAGIC = "SEQUOIACM-SANDBOX-JAR"
-NODE_MODE = "node"
+CONFIG_OPTION = "--spring.config.location="
+PROPERTIES = "application.properties"
+HEALTH_PATH = "/internal/v1/health"
+JVM_OPTIONS = ("-Xms256m", "-Xmx512m")
+DELAY_PROPERTY = "sandbox.startDelay"
+FAULTS_DIR = ".sandbox-faults"
 POLL_SECONDS = 0.01
 STOP_GRACE_SECONDS = 10.0
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_SLOW_SECONDS = 3.0
 MAX_ANSWER = 64 * 1024
-MAX_REQUEST_HEAD = 8 * 1024
-REQUEST_SECONDS = 2.0
+
+# ScmExitCode of the real tools.
+SUCCESS = 0
+EMPTY_OUT = 1
+INVALID_ARG = 3
+FILE_NOT_FIND = 4
+SYSTEM_ERROR = 8
+# What java prints and returns when the VM cannot start (no memory, wrong java).
+JVM_FAILURE = 1
+JVM_FAILURE_TEXT = (
+    "Error occurred during initialization of VM\n"
+    "Could not reserve enough space for object heap\n"
+)
 
 
 class CtlError(Exception):
-    """A failure the ctl reports as one `ERROR:` line and exit status 1."""
+    """A failure the ctl reports as one `ERROR:` line and exit status `code`."""
+
+    def __init__(self, message: str, code: int = SYSTEM_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Usage(Exception):
+    """`-h`: print the command's usage on stdout and exit 0."""
+
+
+# option -> (key, kind): "flag" takes no value, "one" one value, "many" one value per use
+OptionSpec = dict[str, tuple[str, str]]
+HELP: OptionSpec = {"-h": ("help", "flag"), "--help": ("help", "flag")}
+LIST_OPTIONS: OptionSpec = {
+    **HELP, "-m": ("mode", "one"), "--mode": ("mode", "one"), "-l": ("long", "flag"),
+    "--long": ("long", "flag"), "-p": ("port", "one"), "--port": ("port", "one"),
+}
+NODE_OPTIONS: OptionSpec = {
+    **HELP, "-p": ("port", "many"), "--port": ("port", "many"), "-t": ("type", "many"),
+    "--type": ("type", "many"), "--all": ("all", "flag"), "--timeout": ("timeout", "one"),
+}
+NODES_USAGE = """usage: {ctl} list [-m local|run] [-l] [-p PORT]
+       {ctl} start [--timeout SECONDS] -p PORT [-p PORT...] | -t SERVICE | -t all | --all
+       {ctl} stop -p PORT [-p PORT...] | -t SERVICE | -t all | --all
+"""
+
+
+def parse_options(ctl: str, args: Sequence[str], spec: OptionSpec) -> dict[str, Any]:
+    """The options of `args` by key; CtlError(INVALID_ARG) for anything `spec` lacks."""
+    values: dict[str, Any] = {}
+    index = 0
+    while index < len(args):
+        word = args[index]
+        name, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
+        if name not in spec:
+            raise CtlError(f"{ctl}: unrecognized argument: {word}", INVALID_ARG)
+        key, kind = spec[name]
+        index += 1
+        if kind == "flag":
+            if eq:
+                raise CtlError(f"{ctl}: {name} takes no value", INVALID_ARG)
+            if key == "help":
+                raise Usage
+            values[key] = True
+            continue
+        if not eq:
+            if index >= len(args):
+                raise CtlError(f"{ctl}: {name} needs a value", INVALID_ARG)
+            inline = args[index]
+            index += 1
+        if kind == "many":
+            values.setdefault(key, []).append(inline)
+        else:
+            values[key] = inline
+    return values
+
+
+def number(ctl: str, option: str, text: str, kind: type[float] | type[int] = int) -> Any:
+    """`text` as an int (or float); CtlError(INVALID_ARG) when it is not one."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise CtlError(f"{ctl}: {option}: invalid number '{text}'", INVALID_ARG) from None
 
 
 class Pack:
@@ -76,23 +169,27 @@ class Pack:
         """`nodes`, `daemon` or `systools`."""
         return str(self.manifest["role"])
 
+    @property
+    def version(self) -> str:
+        """The version of the tool itself (of this bin/)."""
+        return str(self.manifest["version"])
+
     def service(self, name: str) -> dict[str, str]:
         """The manifest entry of the service `name`."""
         for service in self.services:
             if service["name"] == name:
                 return service
         known = ", ".join(s["name"] for s in self.services)
-        raise CtlError(f"unknown service '{name}' (this tool handles: {known})")
+        raise CtlError(f"unknown service '{name}' (this tool handles: {known})", INVALID_ARG)
 
     def jar(self, service: dict[str, str]) -> Path:
         """The one jar of `service`; CtlError when the glob matches none or several."""
         return single_match(self.root, service["version_file"])
 
-    def check_tools_jar(self) -> None:
-        """The real tools find their tools jar with a glob that must match exactly once."""
-        pattern = self.manifest.get("tools_jar")
-        if pattern:
-            single_match(self.root, str(pattern))
+
+def listed_name(service: dict[str, str]) -> str:
+    """The node name the tools print: `getName().toUpperCase()`, hyphen kept."""
+    return service["name"].upper()
 
 
 class Node:
@@ -105,8 +202,13 @@ class Node:
 
     @property
     def label(self) -> str:
-        """`GATEWAY(8080)`."""
-        return f"{self.service['printed']}({self.port})"
+        """`GATEWAY(8080)`, `SERVICE-CENTER(8800)`."""
+        return f"{listed_name(self.service)}({self.port})"
+
+    @property
+    def conf_file(self) -> Path:
+        """The node's application.properties (it need not exist)."""
+        return self.pack.root / "conf" / self.service["name"] / str(self.port) / PROPERTIES
 
     @property
     def run_dir(self) -> Path:
@@ -124,37 +226,50 @@ class Node:
         if pid is None:
             return None
         argv = live_cmdline(pid)
-        if argv is None or not is_node_argv(argv, self.service["name"], self.port):
-            return None
-        return pid
+        return pid if argv is not None and self.named_by(argv) else None
+
+    def named_by(self, argv: list[str]) -> bool:
+        """Whether a command line runs this node: `-jar` and this node's config file.
+
+        The config path is compared from the pack's directory on, so a node started through
+        another path to the same install (moved, bind-mounted) is still this node.
+        """
+        tail = f"/{self.pack.root.name}/conf/{self.service['name']}/{self.port}/{PROPERTIES}"
+        here = f"{CONFIG_OPTION}{self.conf_file}"
+        return "-jar" in argv and any(
+            arg == here or (arg.startswith(CONFIG_OPTION) and arg.endswith(tail)) for arg in argv
+        )
 
 
 def main(argv: Sequence[str]) -> int:
-    """Dispatch to node mode or to the ctl named in argv[0]."""
-    if argv and argv[0] == NODE_MODE:
-        return run_node(argv[1:])
+    """Run the ctl named in argv[0] with the rest of argv."""
     if not argv:
         sys.stderr.write("usage: scmsandbox.py <ctl-name> <command> [options]\n")
-        return 2
+        return INVALID_ARG
     ctl, args = argv[0], list(argv[1:])
     try:
-        require_java()
         pack = Pack(Path(__file__).resolve().parent.parent)
+        if jvm_fails(pack):
+            sys.stderr.write(JVM_FAILURE_TEXT)
+            return JVM_FAILURE
         commands = {"nodes": ctl_nodes, "daemon": ctl_daemon, "systools": ctl_systools}
         return commands[pack.role](pack, ctl, args)
-    except (CtlError, OSError) as exc:
+    except CtlError as exc:
         sys.stderr.write(f"ERROR: {exc}\n")
-        return 1
+        return exc.code
+    except OSError as exc:
+        sys.stderr.write(f"ERROR: {exc}\n")
+        return SYSTEM_ERROR
 
 
-def require_java() -> None:
-    """The real ctl scripts refuse to run without a usable JAVA_HOME."""
-    java_home = os.environ.get("JAVA_HOME", "")
-    if not java_home:
-        raise CtlError("JAVA_HOME is not set")
-    java = Path(java_home) / "bin" / "java"
-    if not (java.is_file() and os.access(java, os.X_OK)):
-        raise CtlError(f"{java} does not exist or is not executable; check JAVA_HOME")
+def jvm_fails(pack: Pack) -> bool:
+    """Whether a jvm-fail switch of one of the pack's services applies to this call."""
+    if not (pack.install_path / FAULTS_DIR).is_dir():
+        return False
+    return any(
+        Faults(pack.install_path, s["name"], pack.version).active("jvm-fail") is not None
+        for s in pack.services
+    )
 
 
 # ---------------------------------------------------------------- port-node ctl scripts
@@ -162,28 +277,42 @@ def require_java() -> None:
 
 def ctl_nodes(pack: Pack, ctl: str, args: list[str]) -> int:
     """`list`, `start` and `stop` for a pack whose services run one node per port."""
-    parser = argparse.ArgumentParser(prog=ctl)
-    sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="list the nodes on this host")
-    listing.add_argument("-m", "--mode", default="local")
-    for name in ("start", "stop"):
-        cmd = sub.add_parser(name, help=f"{name} nodes")
-        cmd.add_argument("-p", "--port", type=int, action="append", default=[])
-        cmd.add_argument("-t", "--type", dest="service", action="append", default=[])
-        cmd.add_argument("--all", action="store_true")
-        cmd.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT)
-    opts = parser.parse_args(args)
-    pack.check_tools_jar()
-    if opts.command == "list":
-        return list_nodes([pack])
-    nodes = select_nodes(pack, opts.port, opts.service, opts.all)
-    if opts.command == "start":
-        for node in nodes:
-            start_node(node, opts.timeout)
-    else:
-        for node in nodes:
+    try:
+        if args[:1] == ["list"]:
+            return ctl_list(pack, ctl, parse_options(ctl, args[1:], LIST_OPTIONS))
+        if args[:1] in (["start"], ["stop"]):
+            return ctl_start_stop(pack, ctl, args[0], parse_options(ctl, args[1:], NODE_OPTIONS))
+        if args[:1] not in (["-h"], ["--help"]):
+            raise CtlError(f"{ctl}: give a command: list, start or stop", INVALID_ARG)
+    except Usage:
+        pass
+    sys.stdout.write(NODES_USAGE.format(ctl=ctl))
+    return SUCCESS
+
+
+def ctl_list(pack: Pack, ctl: str, opts: dict[str, Any]) -> int:
+    """`list [-m local|run] [-l] [-p PORT]`."""
+    mode = opts.get("mode", "run")
+    if mode not in ("local", "run"):
+        raise CtlError(f"{ctl}: -m must be local or run, not '{mode}'", INVALID_ARG)
+    nodes = all_nodes(pack)
+    if "port" in opts:
+        port = number(ctl, "-p", opts["port"])
+        nodes = [n for n in nodes if n.port == port]
+    return list_nodes(nodes, running_only=mode == "run", long=bool(opts.get("long")))
+
+
+def ctl_start_stop(pack: Pack, ctl: str, command: str, opts: dict[str, Any]) -> int:
+    """`start`/`stop` of the nodes named by `-p`, `-t` or `--all`."""
+    ports = [number(ctl, "-p", p) for p in opts.get("port", [])]
+    timeout = number(ctl, "--timeout", opts.get("timeout", DEFAULT_START_TIMEOUT), float)
+    nodes = select_nodes(pack, ports, opts.get("type", []), bool(opts.get("all")))
+    for node in nodes:
+        if command == "start":
+            start_node(node, timeout)
+        else:
             stop_node(node)
-    return 0
+    return SUCCESS
 
 
 def all_nodes(pack: Pack) -> list[Node]:
@@ -199,7 +328,7 @@ def all_nodes(pack: Pack) -> list[Node]:
 def select_nodes(pack: Pack, ports: list[int], services: list[str], every: bool) -> list[Node]:
     """The nodes named by `-p`, `-t` (`all` = every service) or `--all`."""
     if not (ports or services or every):
-        raise CtlError("name the nodes: -p PORT, -t SERVICE, -t all or --all")
+        raise CtlError("name the nodes: -p PORT, -t SERVICE, -t all or --all", INVALID_ARG)
     nodes = all_nodes(pack)
     if every or "all" in services:
         return nodes
@@ -209,49 +338,55 @@ def select_nodes(pack: Pack, ports: list[int], services: list[str], every: bool)
     for port in ports:
         found = [n for n in nodes if n.port == port]
         if not found:
-            raise CtlError(f"no node with port {port} under {pack.root}/conf")
+            raise CtlError(f"node does not exist: no {pack.root}/conf/*/{port}", INVALID_ARG)
         chosen.extend(n for n in found if n not in chosen)
     return chosen
 
 
-def list_nodes(packs: Sequence[Pack]) -> int:
+def list_nodes(nodes: Sequence[Node], *, running_only: bool, long: bool) -> int:
     """Print `NAME(PORT) (PID)` or `NAME(PORT) (-)` per node, then `Total:N`."""
-    nodes = [node for pack in packs for node in all_nodes(pack)]
+    count = 0
     for node in nodes:
         pid = node.pid()
-        sys.stdout.write(f"{node.label} ({pid if pid is not None else '-'})\n")
-    sys.stdout.write(f"Total:{len(nodes)}\n")
-    return 0 if nodes else 1
+        if running_only and pid is None:
+            continue
+        line = f"{node.label} ({pid if pid is not None else '-'})"
+        sys.stdout.write(f"{line} {node.conf_file}\n" if long else f"{line}\n")
+        count += 1
+    sys.stdout.write(f"Total:{count}\n")
+    return SUCCESS if count else EMPTY_OUT
 
 
 def start_node(node: Node, timeout: float) -> None:
-    """Launch the node detached and wait until its port answers as this very process."""
+    """`nohup java ... -jar JAR --spring.config.location=...` (java from PATH), detached,
+    then wait until the node's health, asked of this very process, says UP."""
     running = node.pid()
     if running is not None:
         sys.stdout.write(f"{node.label} is already running ({running})\n")
         return
     jar = node.pack.jar(node.service)
-    version = jar_version(jar)
-    faults = Faults(node.pack.install_path, node.service["name"], version)
+    faults = Faults(node.pack.install_path, node.service["name"], jar_version(jar))
     if faults.active("start-fail") is not None:
         raise CtlError(f"failed to start {node.label}: injected start failure")
     slow = faults.active("start-slow")
-    delay = slow if slow is not None else 0.0
     node.run_dir.mkdir(parents=True, exist_ok=True)
     log = node.run_dir / "node.log"
-    argv = [
-        sys.executable, str(Path(__file__).resolve()), NODE_MODE,
-        "--service", node.service["name"], "--port", str(node.port),
-        "--delay", str(delay), "-jar", str(jar),
-    ]
+    argv = ["nohup", "java", *JVM_OPTIONS]
+    if slow:
+        argv.append(f"-D{DELAY_PROPERTY}={slow:g}")
+    argv += ["-jar", str(jar), f"{CONFIG_OPTION}{node.conf_file}"]
     proc = spawn_detached(argv, cwd=node.pack.root, log=log)
     write_pid(node.pid_file, proc.pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        code = proc.poll()
+        if code is not None:
             remove_pid(node.pid_file, proc.pid)
-            raise CtlError(f"failed to start {node.label}: exited ({tail(log)})")
-        if probe_pid(node.port) == proc.pid:
+            raise CtlError(
+                f"failed to start {node.label}: exited {code} ({tail(log)}; "
+                f"java on PATH: {java_on_path() or 'none'})"
+            )
+        if node_up(node.port, proc.pid):
             sys.stdout.write(f"Success: {node.label} is successfully started ({proc.pid})\n")
             return
         time.sleep(POLL_SECONDS)
@@ -260,6 +395,15 @@ def start_node(node: Node, timeout: float) -> None:
     proc.wait()
     remove_pid(node.pid_file, proc.pid)
     raise CtlError(f"failed to start {node.label}: not up within {timeout:g}s")
+
+
+def java_on_path() -> str | None:
+    """The `java` that `nohup java` ran: the first executable one on PATH."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder or ".", "java")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def stop_node(node: Node) -> None:
@@ -284,23 +428,25 @@ def disk_version(node: Node) -> str | None:
         return None
 
 
-def probe_pid(port: int) -> int | None:
-    """The pid a node on localhost:`port` reports on /health, or None."""
+def node_up(port: int, pid: int) -> bool:
+    """Whether localhost:`port` answers its health as UP from process `pid`."""
+    import socket
+
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-            conn.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            conn.sendall(f"GET {HEALTH_PATH} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
             answer = read_until_closed(conn, MAX_ANSWER)
     except OSError:
-        return None
+        return False
     head, _, body = answer.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
     if len(status) < 2 or status[1] != b"200":
-        return None
+        return False
     try:
-        pid = json.loads(body).get("pid")
-    except (ValueError, AttributeError):
-        return None
-    return pid if isinstance(pid, int) else None
+        health = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(health, dict) and health.get("status") == "UP" and health.get("pid") == pid
 
 
 def read_until_closed(conn: socket.socket, limit: int) -> bytes:
@@ -321,19 +467,18 @@ def read_until_closed(conn: socket.socket, limit: int) -> bytes:
 
 def ctl_daemon(pack: Pack, ctl: str, args: list[str]) -> int:
     """`start`, `stop` and `status` of the daemon (no ports, one process)."""
-    parser = argparse.ArgumentParser(prog=ctl)
-    parser.add_argument("command", choices=["start", "stop", "status"])
-    opts = parser.parse_args(args)
+    if len(args) != 1 or args[0] not in ("start", "stop", "status"):
+        raise CtlError(f"{ctl}: give one command: start, stop or status", INVALID_ARG)
     daemon = Daemon(pack)
-    if opts.command == "start":
+    if args[0] == "start":
         daemon.start()
-        return 0
-    if opts.command == "stop":
+        return SUCCESS
+    if args[0] == "stop":
         daemon.stop()
-        return 0
+        return SUCCESS
     pid = daemon.pid()
-    sys.stdout.write(f"{daemon.printed} ({pid if pid is not None else '-'})\n")
-    return 0 if pid is not None else 1
+    sys.stdout.write(f"{daemon.name} ({pid if pid is not None else '-'})\n")
+    return SUCCESS if pid is not None else EMPTY_OUT
 
 
 class Daemon:
@@ -342,7 +487,7 @@ class Daemon:
     def __init__(self, pack: Pack) -> None:
         self.pack = pack
         self.service = pack.services[0]
-        self.printed = self.service["printed"]
+        self.name = listed_name(self.service)
         self.crontab = pack.root / "conf" / ".crontab.properties"
         self.pid_file = pack.root / "log" / "scmd.pid"
 
@@ -371,13 +516,13 @@ class Daemon:
         """Write the crontab line and start its command detached; no-op when running."""
         running = self.pid()
         if running is not None:
-            sys.stdout.write(f"{self.printed} is already running ({running})\n")
+            sys.stdout.write(f"{self.name} is already running ({running})\n")
             return
         self._kill_stale()
         jar = self.pack.jar(self.service)
         faults = Faults(self.pack.install_path, self.service["name"], jar_version(jar))
         if faults.active("start-fail") is not None:
-            raise CtlError(f"failed to start {self.printed}: injected start failure")
+            raise CtlError(f"failed to start {self.name}: injected start failure")
         slow = faults.active("start-slow")
         if slow:
             time.sleep(slow)
@@ -390,17 +535,17 @@ class Daemon:
         self.crontab.write_text(line, encoding="utf-8")
         proc = spawn_detached(command, cwd=self.pack.root, log=None)
         write_pid(self.pid_file, proc.pid)
-        sys.stdout.write(f"Success: {self.printed} is successfully started ({proc.pid})\n")
+        sys.stdout.write(f"Success: {self.name} is successfully started ({proc.pid})\n")
 
     def stop(self) -> None:
         """Kill the daemon process and delete the crontab file."""
         if self.pid() is not None:
             faults = Faults(self.pack.install_path, self.service["name"], self._version())
             if faults.active("stop-fail") is not None:
-                raise CtlError(f"failed to stop {self.printed}: injected stop failure")
+                raise CtlError(f"failed to stop {self.name}: injected stop failure")
         self._kill_stale()
         self.crontab.unlink(missing_ok=True)
-        sys.stdout.write(f"Success: {self.printed} is stopped\n")
+        sys.stdout.write(f"Success: {self.name} is stopped\n")
 
     def _kill_stale(self) -> None:
         pid = read_pid(self.pid_file)
@@ -421,22 +566,18 @@ class Daemon:
 
 def ctl_systools(pack: Pack, ctl: str, args: list[str]) -> int:
     """`-v` prints the tools' version; `list` lists every node of every pack on the host."""
-    parser = argparse.ArgumentParser(prog=ctl)
-    parser.add_argument("-v", "--version", action="store_true")
-    parser.add_argument("command", nargs="?", choices=["list"])
-    opts = parser.parse_args(args)
-    if opts.version:
+    if args in (["-v"], ["--version"]):
         version = jar_version(pack.jar(pack.services[0]))
         sys.stdout.write(f"SequoiaCM version: {version}\n")
-        return 0
-    if opts.command != "list":
-        parser.error("give -v or list")
-    packs = []
+        return SUCCESS
+    if args != ["list"]:
+        raise CtlError(f"{ctl}: give -v or list", INVALID_ARG)
+    nodes: list[Node] = []
     for manifest in sorted(pack.install_path.glob("*/bin/sandbox.json")):
         other = Pack(manifest.parent.parent)
         if other.role == "nodes":
-            packs.append(other)
-    return list_nodes(packs)
+            nodes.extend(all_nodes(other))
+    return list_nodes(nodes, running_only=False, long=False)
 
 
 # ---------------------------------------------------------------- fault switches
@@ -445,117 +586,72 @@ def ctl_systools(pack: Pack, ctl: str, args: list[str]) -> int:
 class Faults:
     """Switches under `<install>/.sandbox-faults/`, named `<service>.<kind>`.
 
-    Content: empty, or `VERSION [SECONDS]` (`*` = any version); a switch with a version
-    applies only when the node's jar carries that version.
+    Content: `VERSION [seconds=S] [times=N]`. VERSION (`*` = any) must equal the node's jar
+    version (for jvm-fail: the tool's own version). `times=N` makes the switch apply to the
+    next N checks only: each applying check takes one, under an exclusive flock, so
+    concurrent ctl calls never both take the last one.
     """
 
     def __init__(self, install_path: Path, service: str, version: str | None) -> None:
-        self.dir = install_path / ".sandbox-faults"
+        self.dir = install_path / FAULTS_DIR
         self.service = service
         self.version = version
 
     def active(self, kind: str) -> float | None:
-        """The switch's seconds (a default when unset) when it applies, else None."""
+        """The switch's seconds (a default when unset) when it applies now, else None."""
+        path = self.dir / f"{self.service}.{kind}"
         try:
-            words = (self.dir / f"{self.service}.{kind}").read_text(encoding="utf-8").split()
+            words = path.read_text(encoding="utf-8").split()
         except OSError:
             return None
-        if words and words[0] != "*" and words[0] != self.version:
+        if not self._applies(words):
+            return None
+        if "times" in _settings(words) and not self._take_one(path):
             return None
         try:
-            return float(words[1]) if len(words) > 1 else DEFAULT_SLOW_SECONDS
+            return float(_settings(words).get("seconds", DEFAULT_SLOW_SECONDS))
         except ValueError:
             return DEFAULT_SLOW_SECONDS
 
+    def _applies(self, words: list[str]) -> bool:
+        return bool(words) and words[0] in ("*", self.version)
 
-# ---------------------------------------------------------------- node process
+    def _take_one(self, path: Path) -> bool:
+        """Take one of the switch's remaining times; False when none is left."""
+        import fcntl
 
-
-def run_node(args: Sequence[str]) -> int:
-    """Serve GET /health on every address until SIGTERM."""
-    parser = argparse.ArgumentParser(prog="scmsandbox.py node")
-    parser.add_argument("--service", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("-jar", dest="jar", required=True)
-    opts = parser.parse_args(args)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    info = {
-        "service": opts.service,
-        "port": opts.port,
-        "version": jar_version(Path(opts.jar)),
-        "pid": os.getpid(),
-    }
-    if opts.delay > 0:
-        time.sleep(opts.delay)
-    server = listen(opts.port)
-    sys.stderr.write(f"node {opts.service}({opts.port}) version {info['version']} up\n")
-    sys.stderr.flush()
-    try:
-        serve_health(server, json.dumps(info).encode())
-    finally:
-        server.close()
-    return 0
-
-
-def listen(port: int) -> socket.socket:
-    """A listening socket on every address (a test host may lack DNS: no names resolved)."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))  # noqa: S104
-    server.listen(64)
-    return server
-
-
-def serve_health(server: socket.socket, body: bytes) -> None:
-    """Answer GET /health with `body` (JSON) and anything else with 404, a thread per client."""
-    import threading
-
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=answer_client, args=(conn, body), daemon=True).start()
-
-
-def answer_client(conn: socket.socket, body: bytes) -> None:
-    """Read one request from `conn`, answer it, close."""
-    with conn:
-        conn.settimeout(REQUEST_SECONDS)
         try:
-            conn.sendall(health_answer(read_request_head(conn), body))
-        except OSError:
-            return
+            handle = path.open("r+", encoding="utf-8")
+        except OSError as exc:
+            raise CtlError(f"cannot count down fault switch {path}: {exc}") from exc
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            words = handle.read().split()
+            settings = _settings(words)
+            try:
+                left = int(settings.get("times", "0"))
+            except ValueError:
+                left = 0
+            if not self._applies(words) or left <= 0:
+                return False
+            rest = [w for w in words[1:] if not w.startswith("times=")]
+            handle.seek(0)
+            handle.truncate()
+            handle.write(" ".join([words[0], *rest, f"times={left - 1}"]) + "\n")
+            handle.flush()
+        return True
 
 
-def read_request_head(conn: socket.socket) -> bytes:
-    """The request line and headers (up to the blank line), at most MAX_REQUEST_HEAD bytes."""
-    head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < MAX_REQUEST_HEAD:
-        chunk = conn.recv(MAX_REQUEST_HEAD - len(head))
-        if not chunk:
-            break
-        head += chunk
-    return head
-
-
-def health_answer(head: bytes, body: bytes) -> bytes:
-    """The HTTP/1.0 answer to a request head: 200 with `body` for GET /health, else 404/405."""
-    words = head.split(b"\n", 1)[0].split()
-    if len(words) < 2 or words[0] not in (b"GET", b"HEAD"):
-        status, payload, kind = b"405 Method Not Allowed", b"", b"text/plain"
-    elif words[1].split(b"?", 1)[0] != b"/health":
-        status, payload, kind = b"404 Not Found", b"not found\n", b"text/plain"
-    else:
-        status, payload, kind = b"200 OK", body, b"application/json"
-    headers = (
-        b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind
-        + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n"
-    )
-    return headers + (payload if words[:1] != [b"HEAD"] else b"")
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+def _settings(words: list[str]) -> dict[str, str]:
+    """The `key=value` words of a switch (a bare number is the old `seconds`)."""
+    out: dict[str, str] = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+        else:
+            out["seconds"] = word
+    return out
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -566,7 +662,8 @@ def single_match(root: Path, pattern: str) -> Path:
     found = sorted(glob.glob(str(root / pattern)))
     if len(found) != 1:
         names = ", ".join(Path(f).name for f in found) or "none"
-        raise CtlError(f"expected exactly one {root.name}/{pattern}, found: {names}")
+        code = FILE_NOT_FIND if not found else SYSTEM_ERROR
+        raise CtlError(f"expected exactly one {root.name}/{pattern}, found: {names}", code)
     return Path(found[0])
 
 
@@ -576,7 +673,7 @@ def jar_version(jar: Path) -> str:
         with jar.open("rb") as f:
             head = f.readline(512).decode("utf-8", "replace").split()
     except OSError as exc:
-        raise CtlError(f"cannot read {jar}: {exc}") from exc
+        raise CtlError(f"cannot read {jar}: {exc}", FILE_NOT_FIND) from exc
     if len(head) != 3 or head[0] != JAR_MAGIC:
         raise CtlError(f"{jar} is not a sandbox jar")
     return head[2]
@@ -596,14 +693,6 @@ def spawn_detached(argv: list[str], *, cwd: Path, log: Path | None) -> subproces
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
-
-
-def is_node_argv(argv: list[str], service: str, port: int) -> bool:
-    """Whether argv is a sandbox node of `service` on `port` (wherever it was started from)."""
-    if len(argv) < 3 or not argv[1].endswith("scmsandbox.py") or argv[2] != NODE_MODE:
-        return False
-    pairs = dict(zip(argv[3::2], argv[4::2], strict=False))
-    return pairs.get("--service") == service and pairs.get("--port") == str(port)
 
 
 def is_daemon_argv(argv: list[str]) -> bool:

@@ -1,0 +1,369 @@
+"""The cluster command's password handling for rollback and resume, with no host contacted.
+
+A status file records the upgrade.cfg of its run (absolute path and sha256). Without
+--upgrade-conf, rollback and resume take the SSH passwords from that file while it is
+unchanged, else ask on a terminal, else stop before any connection with one clear line.
+`connect_all` is replaced by a recorder that ends the run, so each test sees exactly which
+logins would have been made, or that none was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from scmflow import operate
+from scmflow.catalog import load_catalog
+from scmflow.cli import ClusterOptions, Printer, main
+from scmflow.errors import ScmflowError
+from scmflow.journal import Journal
+from scmflow.remote import SSHTarget
+from scmflow.upgrade import HostEntry, open_run
+
+CATALOG = load_catalog()
+SECRET = "Zq-s3cr3t-pw-literal"
+ENV_SECRET = "Yx-s3cr3t-pw-from-env"
+ENV_NAME = "SCM_SSH_PWD"
+HOSTS = ("scm-a", "scm-b", "scm-c")
+CONFIG = f"""\
+[installconfig]
+InstallPath, InstallUser
+/opt, scmadmin
+
+[host]
+HostName, SshPort, User,   Password,       JavaHome
+scm-a,    22,      scmops, {SECRET},
+scm-b,    ,        scmops, env:{ENV_NAME},
+scm-c,    22,      root,   ,
+"""
+# the logins the upgrade made: scm-b's empty SshPort cell left its port to ~/.ssh/config
+ENTRIES = (
+    HostEntry("scm-a", 22, "scmops", None, password_auth=True),
+    HostEntry("scm-b", None, "scmops", None, password_auth=True),
+    HostEntry("scm-c", 22, "root", None, password_auth=False),
+)
+
+
+class Contacted(ScmflowError):
+    """Raised by the recording connect_all: the run got as far as logging in."""
+
+    exit_code = 9
+
+
+@dataclass
+class Logins:
+    """What connect_all was asked to do, per call: {host: (port, user, password)}."""
+
+    calls: list[dict[str, tuple[int, str, str | None]]] = field(default_factory=list)
+
+    def connect_all(self, targets: Sequence[SSHTarget], *args: Any, **kwargs: Any) -> Any:
+        self.calls.append({t.host: (t.port, t.user, t.password) for t in targets})
+        raise Contacted("contacted")
+
+
+@pytest.fixture
+def logins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Logins:
+    """Record instead of connecting; an operator HOME without ssh config; the env password set."""
+    recorder = Logins()
+    monkeypatch.setattr(operate, "connect_all", recorder.connect_all)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv(ENV_NAME, ENV_SECRET)
+    monkeypatch.chdir(tmp_path)
+    return recorder
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "conf" / "upgrade.cfg"
+    path.parent.mkdir()
+    path.write_text(CONFIG)
+    return path
+
+
+def write_status(directory: Path, config: Path | None) -> Path:
+    """A status file of an upgrade that verified gateway on every host, with its config record."""
+    header: dict[str, Any] = {
+        "run_id": "run-1",
+        "layout": {
+            "install_path": "/opt/sequoiacm",
+            "install_user": "scmadmin",
+            "admin_user": "root",
+            "upgrade_dir": "/opt/upgrade/sequoiacm/upgrade-s",
+            "backup_dir": "/opt/backup/sequoiacm/backup-s",
+            "start_timeout": 300,
+        },
+        "hosts": [e.to_record() for e in ENTRIES],
+        "release": {"root": "/nonexistent-release", "version": "3.2.2", "packages": {}},
+        "plan": [
+            {
+                "host": h,
+                "service": "gateway",
+                "printed": "GATEWAY",
+                "old_version": "3.1.2",
+                "new_version": "3.2.2",
+                "nodes": [],
+            }
+            for h in HOSTS
+        ],
+    }
+    if config is not None:
+        # the record as docs/status-file.md defines it
+        header["config"] = {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
+    journal = Journal.create(directory, header)
+    for host in HOSTS:
+        journal.append(
+            {"kind": "transition", "host": host, "service": "gateway", "trigger": "verify",
+             "src": "restarted", "dst": "verified"}
+        )
+    journal.close()
+    return journal.path
+
+
+def copy_of(status: Path, name: str) -> Path:
+    """A fresh copy: each run holds its status file's lock until the process ends."""
+    path = status.parent / f"{status.name}-{name}"
+    shutil.copyfile(status, path)
+    return path
+
+
+def rollback(status: Path, *extra: str, stdin: str | None = None) -> Result:
+    """`cluster --rollback` through click, as the operator types it (no terminal)."""
+    args = ["cluster", "--rollback", "--upgrade-status-path", str(status), "--status-dir", "sd", *extra]
+    return CliRunner().invoke(main, args, input=stdin)
+
+
+def errors(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("[ERROR]")]
+
+
+def info_line(path: Path) -> str:
+    return f"[INFO ] The SSH passwords come from the config recorded in the status file, {path}"
+
+
+def no_secret_in(result: Result) -> None:
+    for secret in (SECRET, ENV_SECRET):
+        assert secret not in result.output and secret not in result.stderr
+
+
+EXPECTED = {
+    "scm-a": (22, "scmops", SECRET),
+    "scm-b": (22, "scmops", ENV_SECRET),
+    "scm-c": (22, "root", None),
+}
+
+
+def test_rollback_without_config_takes_the_passwords_from_the_recorded_one(
+    logins: Logins, cfg: Path, tmp_path: Path
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+
+    result = rollback(status, "--unattended")
+
+    assert result.exit_code == 9, result.output + result.stderr
+    assert errors(result) == ["[ERROR] contacted"]
+    assert logins.calls == [EXPECTED]
+    assert result.stdout.splitlines().count(info_line(cfg)) == 1
+    no_secret_in(result)
+
+    # --upgrade-conf still wins, and then the recorded config is not mentioned
+    other = tmp_path / "other.cfg"
+    other.write_text(CONFIG.replace(SECRET, "another-password-1"))
+    result = rollback(copy_of(status, "given"), "--unattended", "--upgrade-conf", str(other))
+    assert result.exit_code == 9, result.output + result.stderr
+    assert logins.calls[-1]["scm-a"] == (22, "scmops", "another-password-1")
+    assert "recorded in the status file" not in result.stdout
+
+
+@pytest.mark.parametrize("unattended", [True, False], ids=["unattended", "no-terminal"])
+def test_a_changed_recorded_config_stops_before_any_login(
+    logins: Logins, cfg: Path, tmp_path: Path, unattended: bool
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    cfg.write_text(CONFIG + "# edited after the run\n")
+
+    result = rollback(status, *(["--unattended"] if unattended else []), stdin="y\n")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    because = "--unattended" if unattended else "there is no terminal"
+    assert errors(result) == [
+        f"[ERROR] the SSH password of scmops@scm-a, scmops@scm-b is not in the status file and cannot "
+        f"be asked ({because}); pass --upgrade-conf FILE (the config recorded in the status file, "
+        f"{cfg}, has changed since the run)"
+    ]
+    assert logins.calls == []
+    assert "recorded in the status file, " not in result.stdout
+    assert "Whether to rollback?" not in result.stdout
+    no_secret_in(result)
+
+
+def test_a_missing_recorded_config_stops_before_any_login(logins: Logins, cfg: Path, tmp_path: Path) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    cfg.unlink()
+
+    result = rollback(status, "--unattended")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = errors(result)
+    assert line.endswith(
+        f"pass --upgrade-conf FILE (the config recorded in the status file, {cfg}, is missing)"
+    )
+    assert logins.calls == []
+
+
+def test_an_older_status_file_without_a_config_record_says_so(
+    logins: Logins, cfg: Path, tmp_path: Path
+) -> None:
+    status = write_status(tmp_path / "status", None)
+
+    result = rollback(status, "--unattended")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = errors(result)
+    assert line.endswith(
+        "pass --upgrade-conf FILE (the status file records no config file: an older scmflow wrote it)"
+    )
+    assert logins.calls == []
+    # and given the config, it rolls back as before
+    result = rollback(copy_of(status, "given"), "--unattended", "--upgrade-conf", str(cfg))
+    assert result.exit_code == 9 and logins.calls == [EXPECTED]
+
+
+def test_key_logins_never_need_the_recorded_config(logins: Logins, cfg: Path, tmp_path: Path) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    cfg.unlink()
+
+    result = rollback(status, "--unattended", "--host", "scm-c")
+
+    assert result.exit_code == 9, result.output + result.stderr
+    assert logins.calls == [{"scm-c": (22, "root", None)}]
+    assert "recorded in the status file" not in result.stdout
+    # while a password login on the same file needs it
+    result = rollback(copy_of(status, "a"), "--unattended", "--host", "scm-a")
+    assert result.exit_code == 2 and "is missing)" in errors(result)[0]
+    assert len(logins.calls) == 1
+
+
+def test_an_unset_environment_password_in_the_recorded_config_names_its_line(
+    logins: Logins, cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    monkeypatch.delenv(ENV_NAME)
+
+    result = rollback(status, "--unattended")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    assert errors(result) == [
+        f"[ERROR] {cfg}:8, field Password: environment variable {ENV_NAME} "
+        f"(Password env:{ENV_NAME}) is not set"
+    ]
+    assert logins.calls == []
+
+
+def test_resume_without_config_stops_before_the_question_when_the_config_changed(
+    logins: Logins, cfg: Path, tmp_path: Path
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    with Journal.open_for_append(status) as journal:
+        journal.append(
+            {"kind": "fail", "host": "scm-a", "service": "gateway", "trigger": "verify",
+             "src": "restarted", "dst": "failed", "detail": "node did not answer"}
+        )
+    cfg.write_text(CONFIG.replace(SECRET, "rotated-password-2"))
+
+    args = ["cluster", "--upgrade", "--upgrade-status-path", str(status), "--status-dir", "sd"]
+    result = CliRunner().invoke(main, args, input="y\n")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    (line,) = errors(result)
+    assert line.endswith(f"(the config recorded in the status file, {cfg}, has changed since the run)")
+    assert "(there is no terminal)" in line
+    assert "Whether to resume the upgrade?" not in result.stdout
+    assert logins.calls == []
+
+
+# -- on a terminal ---------------------------------------------------------------------------
+
+
+class Terminal:
+    """A stdin that is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def options(status: Path, *, unattended: bool = False) -> ClusterOptions:
+    return ClusterOptions(
+        upgrade=False,
+        rollback=True,
+        upgrade_conf=None,
+        status_path=status,
+        release_dir=Path("."),
+        hosts=None,
+        services=None,
+        unattended=unattended,
+        dry_run=False,
+        output="text",
+        parallel=1,
+        parallel_ssh=16,
+        status_dir=status.parent,
+        start_timeout=300,
+        accept_new_host_keys=False,
+        break_lock=False,
+    )
+
+
+def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
+    logins: Logins,
+    cfg: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    cfg.write_text(CONFIG + "# edited\n")
+    asked: list[str] = []
+
+    def ask(user: str) -> str:
+        asked.append(user)
+        return f"typed-for-{user}"
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    monkeypatch.setattr(operate, "_ask_password", ask)
+    state = open_run(status)
+    try:
+        endpoints = operate._status_endpoints(state, options(status), CATALOG, Printer(), list(HOSTS))
+    finally:
+        state.journal.close()
+
+    assert asked == ["scmops"]
+    assert endpoints == {
+        "scm-a": (22, "scmops", "typed-for-scmops"),
+        "scm-b": (None, "scmops", "typed-for-scmops"),
+        "scm-c": (22, "root", None),
+    }
+    out = capsys.readouterr().out
+    assert (
+        f"[WARN ] Asking for the SSH passwords: the config recorded in the status file, {cfg}, "
+        "has changed since the run"
+    ) in out.splitlines()
+
+    # --unattended asks nothing, even on a terminal
+    state = open_run(status)
+    try:
+        unattended = options(status, unattended=True)
+        with pytest.raises(ScmflowError, match=r"cannot be asked \(--unattended\)") as info:
+            operate._status_endpoints(state, unattended, CATALOG, Printer(), list(HOSTS))
+    finally:
+        state.journal.close()
+    assert info.value.exit_code == 2
+    assert asked == ["scmops"]
