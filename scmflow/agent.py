@@ -1283,6 +1283,8 @@ def op_restore(ctx: Ctx) -> Dict[str, Any]:
         # replace refuses to run without a complete backup, so nothing was replaced.
         remove_path(backup_dir)
         return {"restored": False}
+    ctx.step = "check-backup"
+    saved = restorable_paths(ctx, backup_paths(backup_dir)[0], manifest)
     ctx.step = "stop"
     stop_service(ctx)
     ctx.step = "restore"
@@ -1296,7 +1298,7 @@ def op_restore(ctx: Ctx) -> Dict[str, Any]:
         for rel in replaced_matches(ctx):
             if rel not in keep_now:
                 remove_path(os.path.join(base, rel))
-    for rel in manifest.get("paths") or []:
+    for rel in saved:
         if rel in keep_saved:
             continue
         dst = os.path.join(base, rel)
@@ -1317,6 +1319,22 @@ def op_restore(ctx: Ctx) -> Dict[str, Any]:
     return dict(state, restored=True, started=started["started"], kept=kept)
 
 
+def restorable_paths(ctx: Ctx, files: str, manifest: Dict[str, Any]) -> List[str]:
+    """The manifest's paths, each one the service's catalog says a backup holds; else Failure.
+
+    Whoever can write the backup can write its manifest: a path that is absolute, climbs
+    out with `..`, or is not one of the service's replaced paths is never restored.
+    """
+    wanted = set(relative_matches(files, list(ctx.service()["replace"])))
+    paths = [str(p) for p in manifest.get("paths") or []]
+    for rel in paths:
+        parts = rel.split("/")
+        if rel.startswith("/") or ".." in parts or os.path.normpath(rel) != rel or rel not in wanted:
+            raise Failure(f"the backup's manifest names '{rel}', which the backup of "
+                          f"{ctx.service()['printed']} never holds; refusing to restore", "restore")
+    return paths
+
+
 def op_abandon(ctx: Ctx) -> Dict[str, Any]:
     """Remove an incomplete backup; keep a complete one."""
     backup_dir = ctx.need("backup_dir")
@@ -1328,32 +1346,117 @@ def op_abandon(ctx: Ctx) -> Dict[str, Any]:
 
 
 def op_prepare(ctx: Ctx) -> Dict[str, Any]:
-    """mkdir -p each dir with its mode; `owner` chowns it and the parents it made; `fresh` must be new."""
+    """Make each dir safely as whoever runs this (root): see `prepare_dir`."""
     created: List[str] = []
     for entry in ctx.spec.get("dirs") or []:
-        path = os.path.abspath(str(entry["path"]))
+        path = str(entry["path"])
         ctx.step = f"mkdir {path}"
-        if entry.get("fresh") and os.path.lexists(path):
-            raise Failure(f"{path} already exists on {ctx.host}; a run never reuses it", "prepare")
-        new: List[str] = []
-        probe = path
-        while not os.path.lexists(probe):
-            new.append(probe)
-            probe = os.path.dirname(probe)
-        os.makedirs(path, exist_ok=True)
-        mode = entry.get("mode")
-        if mode is not None:
-            os.chmod(path, int(mode, 8) if isinstance(mode, str) else int(mode))
-        owner = entry.get("owner")
-        if owner:
-            try:
-                user = pwd.getpwnam(str(owner))
-            except KeyError:
-                raise Failure(f"no user '{owner}' on {ctx.host}", "chown") from None
-            for p in set(new) | {path}:
-                os.chown(p, user.pw_uid, user.pw_gid)
-        created.extend(reversed(new))
+        fresh = bool(entry.get("fresh"))
+        created.extend(prepare_dir(ctx, path, entry.get("owner"), entry.get("mode"), fresh))
     return {"created": created}
+
+
+def prepare_dir(ctx: Ctx, path: str, owner: Any, mode: Any, fresh: bool) -> List[str]:
+    """mkdir -p `path` without following a link or trusting what another user controls.
+
+    Every directory above `path` must be a real directory owned by root (or by whoever
+    runs this) and writable by no one else, unless sticky; missing ones are made so (0755).
+    `path` itself goes to `owner` with `mode` (default: like its parents); `fresh` refuses
+    one that exists. Ownership and mode are set on an open descriptor, never by name.
+    """
+    if not path.startswith("/") or os.path.normpath(path) != path or path == "/":
+        raise Failure(f"{path}: not an absolute, normalised directory path", "prepare")
+    uid, gid = _owner_ids(ctx, owner)
+    parts = path.strip("/").split("/")
+    created: List[str] = []
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        where = ""
+        for i, name in enumerate(parts):
+            where += "/" + name
+            last = i == len(parts) - 1
+            made = _make_dir_at(fd, name)
+            if made:
+                created.append(where)
+            elif last and fresh:
+                raise Failure(f"{where} already exists on {ctx.host}; a run never reuses it", "prepare")
+            child = _open_dir_at(ctx, fd, name, where)
+            os.close(fd)
+            fd = child
+            st = os.fstat(fd)
+            if made or not last:
+                _check_trusted(ctx, st, where, made)
+            if last:
+                _set_owner_mode(fd, st, uid, gid, mode)
+            elif made:
+                os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
+    return created
+
+
+def _owner_ids(ctx: Ctx, owner: Any) -> Tuple[int, int]:
+    if not owner:
+        return os.geteuid(), os.getegid()
+    try:
+        user = pwd.getpwnam(str(owner))
+    except KeyError:
+        raise Failure(f"no user '{owner}' on {ctx.host}", "chown") from None
+    return user.pw_uid, user.pw_gid
+
+
+def _make_dir_at(fd: int, name: str) -> bool:
+    """mkdir `name` in the directory `fd` (0700 until it is checked and set); whether it was made."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=fd)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _open_dir_at(ctx: Ctx, fd: int, name: str, where: str) -> int:
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            message = f"{where} on {ctx.host} is a symbolic link or not a directory; refusing it"
+            raise Failure(message, "prepare") from None
+        raise
+
+
+def _check_trusted(ctx: Ctx, st: os.stat_result, where: str, made: bool) -> None:
+    """A directory above a run's dir must be root's (or ours) and writable by no one else."""
+    if made:
+        return
+    if st.st_uid not in (0, os.geteuid()):
+        owner = _user_name(st.st_uid)
+        raise Failure(
+            f"{where} on {ctx.host} belongs to {owner}, not root: another user could replace what "
+            f"scmflow makes in it (chown root {where})",
+            "prepare",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise Failure(
+            f"{where} on {ctx.host} is writable by other users "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); refusing it",
+            "prepare",
+        )
+
+
+def _set_owner_mode(fd: int, st: os.stat_result, uid: int, gid: int, mode: Any) -> None:
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+    if mode is not None:
+        os.fchmod(fd, int(mode, 8) if isinstance(mode, str) else int(mode))
+    elif stat.S_IMODE(st.st_mode) == 0o700 and uid == os.geteuid():
+        os.fchmod(fd, 0o755)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def op_exists(ctx: Ctx) -> Dict[str, Any]:

@@ -7,11 +7,10 @@ again: one `sha256sum` per host finds which ones are.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from scmflow.actions import RemoteLayout
 from scmflow.agentcall import call_agent
-from scmflow.errors import ScmflowError
+from scmflow.fanout import map_hosts
 from scmflow.plan import Pair
 from scmflow.release import Package, Release
 from scmflow.remote import Session, Upload
@@ -27,11 +26,15 @@ def packages_for(pairs: Sequence[Pair], release: Release) -> list[Package]:
 
 
 def prepare_host(session: Session, layout: RemoteLayout, *, login_user: str, fresh: bool) -> None:
-    """Create the run's upgrade and backup dirs; `fresh` refuses an existing upgrade dir."""
+    """Create the run's upgrade and backup dirs; `fresh` (a new run) refuses existing ones.
+
+    Their bases are made root's (agent.prepare_dir), so what the run dirs hold can be
+    swapped by no user but the one each dir is given to.
+    """
     spec = {
         "dirs": [
             {"path": layout.upgrade_dir, "mode": 0o755, "owner": login_user, "fresh": fresh},
-            {"path": layout.backup_dir, "mode": 0o750, "owner": layout.install_user, "fresh": False},
+            {"path": layout.backup_dir, "mode": 0o750, "owner": layout.install_user, "fresh": fresh},
         ]
     }
     call_agent(session, "prepare", spec, user=layout.admin_user, java_home=None, timeout=120.0)
@@ -79,7 +82,7 @@ def distribute(
     """Prepare and fill every host's upgrade dir, `parallel` hosts at once; bytes sent per host.
 
     A `fresh` upgrade dir is new, so everything is sent; otherwise only missing or differing
-    packages are. Every host is attempted; one ScmflowError then names each host that failed.
+    packages are. Every host is attempted; one HostsFailed (exit 2) then names each host that failed.
     """
 
     def one(host: str) -> int:
@@ -99,17 +102,8 @@ def distribute(
         send_host_packages(session, layout, packages, progress=progress)
         return sum(p.size for p in packages)
 
-    hosts = list(pairs_by_host)
-    errors: list[str] = []
-    sent: dict[str, int] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts) or 1))) as pool:
-        futures = {host: pool.submit(one, host) for host in hosts}
-        for host, future in futures.items():
-            exc = future.exception()
-            if exc is None:
-                sent[host] = future.result()
-            else:
-                errors.append(exc.message if isinstance(exc, ScmflowError) else f"[{host}] {exc}")
-    if errors:
-        raise ScmflowError("sending upgrade packages failed: " + "; ".join(errors))
-    return sent
+    # Only the run's own dirs and packages exist so far: a host that fails here refuses
+    # the run before any install changed.
+    return map_hosts(
+        list(pairs_by_host), one, parallel=parallel, what="sending upgrade packages", exit_code=2
+    )

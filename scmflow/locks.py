@@ -249,7 +249,8 @@ class _HostLock:
 
     def take(self, host: str, session: Session, login_user: str) -> Takeover | None:
         """Take the lock; the takeover when it had another holder; LockError when refused."""
-        spec = {"dirs": [{"path": self.upgrade_pack_path, "owner": login_user, "fresh": False}]}
+        # The lock lives in the pack base, root's alone: no other user can plant or swap it.
+        spec = {"dirs": [{"path": self.upgrade_pack_path, "fresh": False}]}
         call_agent(session, "prepare", spec, user=self.admin_user, java_home=None, timeout=120.0)
         reply = self._lock(session)
         if reply.get("locked"):
@@ -277,7 +278,9 @@ class _HostLock:
         spec = {"lock_path": self.path, **self.me.describe(), "step_wait": STEP_WAIT, **extra}
         if self.install_path:
             spec["install_path"] = self.install_path
-        return call_agent(session, "lock", spec, user=None, java_home=None, timeout=STEP_WAIT * 3 + 60)
+        return call_agent(
+            session, "lock", spec, user=self.admin_user, java_home=None, timeout=STEP_WAIT * 3 + 60
+        )
 
     def _held(self, host: str, holder: Mapping[str, Any]) -> str:
         return f"[{host}] the run lock {self.path} is held by {holder_text(holder)}"
@@ -328,21 +331,23 @@ def host_locks(
             raise LockError("; ".join(errors))
         yield
     finally:
-        _release(sessions, taken, lock.path, me)
+        _release(sessions, taken, lock.path, me, admin_user)
 
 
 def _error_text(host: str, exc: BaseException) -> str:
     return exc.message if isinstance(exc, ScmflowError) else f"[{host}] {exc}"
 
 
-def _release(sessions: Mapping[str, Session], hosts: list[str], path: str, me: RunIdentity) -> None:
+def _release(
+    sessions: Mapping[str, Session], hosts: list[str], path: str, me: RunIdentity, admin_user: str | None
+) -> None:
     for host in hosts:
         try:
             call_agent(
                 sessions[host],
                 "unlock",
                 {"lock_path": path, "run_id": me.run_id},
-                user=None,
+                user=admin_user,
                 java_home=None,
                 timeout=STEP_WAIT * 3,
             )
@@ -352,7 +357,12 @@ def _release(sessions: Mapping[str, Session], hosts: list[str], path: str, me: R
 
 
 def clear_dead_host_locks(
-    sessions: Mapping[str, Session], *, upgrade_pack_path: str, run_id: str, warn: WarnFn
+    sessions: Mapping[str, Session],
+    *,
+    upgrade_pack_path: str,
+    run_id: str,
+    warn: WarnFn,
+    admin_user: str | None = "root",
 ) -> None:
     """Remove the host locks of provably dead runs, leaving every other holder alone.
 
@@ -362,9 +372,13 @@ def clear_dead_host_locks(
     me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
     path = host_lock_path(upgrade_pack_path)
 
+    def unlock(host: str, spec: dict[str, str]) -> dict[str, Any]:
+        session = sessions[host]
+        return call_agent(session, "unlock", spec, user=admin_user, java_home=None, timeout=STEP_WAIT * 3)
+
     def clear(host: str) -> Takeover | None:
         spec = {"lock_path": path, "run_id": me.run_id}
-        reply = call_agent(sessions[host], "unlock", spec, user=None, java_home=None, timeout=STEP_WAIT * 3)
+        reply = unlock(host, spec)
         holder = _holder_of(reply)
         if not holder:
             return None
@@ -372,7 +386,7 @@ def clear_dead_host_locks(
         if not verdict.dead:
             return None
         spec["take_from"] = str(reply.get("holder_digest", ""))
-        again = call_agent(sessions[host], "unlock", spec, user=None, java_home=None, timeout=STEP_WAIT * 3)
+        again = unlock(host, spec)
         return Takeover(host, holder, verdict) if again.get("removed") else None
 
     cleared: list[Takeover] = []

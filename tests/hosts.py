@@ -465,9 +465,11 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_version: s
     opt_dirs: dict[str, Path] = {}
     for mount in _OPT_MOUNTS:
         source = root / f"opt-{mount}"
-        source.mkdir()
-        group = INSTALL_GROUP if mount == "sequoiacm" else INSTALL_USER
-        shutil.chown(source, INSTALL_USER, group)
+        source.mkdir(mode=0o755)
+        if mount == "sequoiacm":
+            shutil.chown(source, INSTALL_USER, INSTALL_GROUP)
+        # /opt/backup and /opt/upgrade stay root's, as on a real host: scmflow refuses to
+        # make its run dirs under a directory another user could swap things in.
         opt_dirs[f"/opt/{mount}"] = source
     # The JDK SequoiaCM runs on: a sandbox JDK, never this machine's own java.
     opt_dirs["/opt/java"] = make_jdk(root / "opt-java", java_version)
