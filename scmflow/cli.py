@@ -25,6 +25,7 @@ import click
 from scmflow import __version__
 from scmflow.catalog import load_catalog
 from scmflow.errors import ScmflowError, UsageError
+from scmflow.statuskey import StatusKey, key_path, load_key
 
 LOG = logging.getLogger("scmflow")
 
@@ -44,13 +45,13 @@ class Printer:
         self._drawn = 0.0
         self._bar_shown = False
 
-    def info(self, message: str) -> None:
-        """`[INFO ] message`."""
-        self._emit("[INFO ] " + message)
+    def info(self, message: str, *, err: bool | None = None) -> None:
+        """`[INFO ] message`; `err` sends it to stderr (or stdout) whatever the printer's default."""
+        self._emit("[INFO ] " + message, err)
 
-    def warn(self, message: str) -> None:
-        """`[WARN ] message`."""
-        self._emit("[WARN ] " + message)
+    def warn(self, message: str, *, err: bool | None = None) -> None:
+        """`[WARN ] message`; `err` as for `info`."""
+        self._emit("[WARN ] " + message, err)
 
     def error(self, message: str) -> None:
         """`[ERROR] message`, always on stderr."""
@@ -91,7 +92,7 @@ class Printer:
             click.echo("\r\033[K", nl=False, err=True)
             self._bar_shown = False
 
-    def _emit(self, line: str) -> None:
+    def _emit(self, line: str, err: bool | None = None) -> None:
         LOG.info(line)
         with self._lock:
             self._clear_bar()
@@ -99,7 +100,7 @@ class Printer:
             if step is not None:
                 done, total = int(step.group(1)), int(step.group(2))
                 line = f"{line} {bar(done / total if total else 1.0, 20)}"
-            click.echo(line, err=self.err)
+            click.echo(line, err=self.err if err is None else err)
             if self._transfers:
                 click.echo(self._transfer_line(), nl=False, err=True)
                 self._bar_shown = True
@@ -194,6 +195,9 @@ class ClusterOptions:
     start_timeout: int
     accept_new_host_keys: bool
     break_lock: bool
+    # None: $SCMFLOW_STATUS_KEY_FILE, else ~/.config/scmflow/status.key (scmflow/statuskey.py)
+    status_key: Path | None = None
+    trust_status_file: bool = False
 
 
 @main.command(
@@ -210,6 +214,8 @@ Examples:
     scm.py cluster --upgrade --upgrade-status-path sequoiacm-deploy/upgrade-status/upgrade_status_...
   roll back what an upgrade did (all of it, or only some hosts/services):
     scm.py cluster --rollback --upgrade-status-path .../upgrade_status_... --service gateway
+  roll back from a status file another control machine wrote, with that machine's key:
+    scm.py cluster --rollback --upgrade-status-path .../upgrade_status_... --status-key ctl1.key
 """,
 )
 @click.option("--upgrade", is_flag=True, help="Upgrade the cluster (or resume, with --upgrade-status-path).")
@@ -271,7 +277,20 @@ Examples:
 @click.option(
     "--break-lock",
     is_flag=True,
-    help="Take over the per-host run locks left by a run that died (check it is dead first).",
+    help="Take over per-host run locks of a run that cannot be proven dead, e.g. one from another "
+    "control machine (check it is dead first). A run that died on this machine needs no flag.",
+)
+@click.option(
+    "--status-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The key that signs status files [default: $SCMFLOW_STATUS_KEY_FILE, else "
+    "~/.config/scmflow/status.key, made on first use].",
+)
+@click.option(
+    "--trust-status-file",
+    is_flag=True,
+    help="Use a status file that is not authentic (e.g. written by an older scmflow), after "
+    "showing the hosts, users and paths it names and asking (unless --unattended).",
 )
 def cluster(**raw: Any) -> None:
     """Upgrade or roll back a SequoiaCM cluster (the vendor's `scm.py cluster`)."""
@@ -293,6 +312,8 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         raise UsageError("--rollback needs --upgrade-status-path FILE")
     if raw["upgrade"] and not raw["upgrade_conf"] and not raw["status_path"]:
         raise UsageError("--upgrade needs --upgrade-conf FILE (or --upgrade-status-path FILE to resume)")
+    if raw["trust_status_file"] and not raw["status_path"]:
+        raise UsageError("--trust-status-file needs --upgrade-status-path FILE")
     release_dir = Path(raw["release_dir"])
     status_dir = (
         Path(raw["status_dir"]) if raw["status_dir"] else release_dir / "sequoiacm-deploy" / "upgrade-status"
@@ -314,6 +335,8 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         start_timeout=raw["start_timeout"],
         accept_new_host_keys=raw["accept_new_host_keys"],
         break_lock=raw["break_lock"],
+        status_key=raw["status_key"],
+        trust_status_file=raw["trust_status_file"],
     )
 
 
@@ -337,10 +360,10 @@ def interrupt_handler(printer: Printer) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def confirm(printer: Printer, question: str) -> bool:
-    """The original's prompt: `Whether to ...?` then `Please enter (y/n) confirm:`."""
-    printer.info(question)
-    click.echo("Please enter (y/n) confirm:", nl=False)
+def confirm(printer: Printer, question: str, *, err: bool = False) -> bool:
+    """The original's prompt: `Whether to ...?` then `Please enter (y/n) confirm:` (`err`: on stderr)."""
+    printer.info(question, err=err or None)
+    click.echo("Please enter (y/n) confirm:", nl=False, err=err)
     line = sys.stdin.readline()
     return line.strip().lower() in ("y", "yes")
 
@@ -386,6 +409,18 @@ def status() -> None:
 
 
 _STATUS_FILE = click.Path(path_type=Path, dir_okay=False)
+_STATUS_KEY = click.option(
+    "--status-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The key to check the file's MACs with [default: $SCMFLOW_STATUS_KEY_FILE, else "
+    "~/.config/scmflow/status.key].",
+)
+
+
+def reading_key(option: Path | None) -> tuple[Path, StatusKey | None]:
+    """Where the status key is, and the key if there is one; reading never creates a key."""
+    where = key_path(option)
+    return where, load_key(where)
 
 
 @status.command(
@@ -399,14 +434,17 @@ Examples:
 @click.argument("path", type=_STATUS_FILE)
 @click.option("--timeline", is_flag=True, help="Also list every event in order, errors in full.")
 @click.option("--width", type=click.IntRange(60, 400), default=100, show_default=True)
-def status_show(path: Path, timeline: bool, width: int) -> None:
+@_STATUS_KEY
+def status_show(path: Path, timeline: bool, width: int, status_key: Path | None) -> None:
     """Who ran the upgrade, when, on which hosts, and where every pair ended."""
     from scmflow.journal import read_journal
     from scmflow.statusview import render_show
 
     printer = Printer()
     try:
-        click.echo(render_show(read_journal(_existing(path)), timeline=timeline, width=width).rstrip("\n"))
+        where, key = reading_key(status_key)
+        contents = read_journal(_existing(path), key=key)
+        click.echo(render_show(contents, timeline=timeline, width=width, key_path=where).rstrip("\n"))
     except ScmflowError as exc:
         fail(printer, exc)
 
@@ -416,22 +454,37 @@ def status_show(path: Path, timeline: bool, width: int) -> None:
     epilog="""\b
 Examples:
   scm.py status verify sequoiacm-deploy/upgrade-status/upgrade_status_2026-11-26-10:00:00
+  scm.py status verify FILE --status-key /secure/ctl1-status.key
 """,
 )
 @click.argument("path", type=_STATUS_FILE)
-def status_verify(path: Path) -> None:
-    """Check the format and the whole hash chain; exit 1 naming the first bad record."""
+@_STATUS_KEY
+def status_verify(path: Path, status_key: Path | None) -> None:
+    """Check the format, the whole hash chain and every record's MAC.
+
+    Prints two facts: whether the chain is intact (else the first bad record) and whether
+    the file is authentic (every MAC valid with this machine's status key). Exit 0 only
+    when both hold; else 1, with an [ERROR] line naming the first that does not.
+    """
     from scmflow.journal import verify_journal
+    from scmflow.statusview import authenticity_hint, authenticity_text, chain_text
 
     printer = Printer()
     try:
-        result = verify_journal(_existing(path))
+        where, key = reading_key(status_key)
+        result = verify_journal(_existing(path), key=key)
     except ScmflowError as exc:
         fail(printer, exc)
+    click.echo(f"chain:     {chain_text(result)}")
+    intact = "" if result.ok else f" for the {result.count} intact records"
+    click.echo(f"authentic: {authenticity_text(result.authenticity, where, qualifier=intact)}")
     if not result.ok:
         printer.error(result.message)
         sys.exit(1)
-    click.echo(result.message)
+    if not result.authenticity.ok:
+        hint = authenticity_hint(result.authenticity, where)
+        printer.error(f"{path} is not authentic: {result.authenticity.reason}{hint}")
+        sys.exit(1)
 
 
 @status.command(
@@ -443,14 +496,16 @@ Examples:
 )
 @click.argument("path", type=_STATUS_FILE)
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
-def status_export(path: Path, fmt: str) -> None:
+@_STATUS_KEY
+def status_export(path: Path, fmt: str, status_key: Path | None) -> None:
     """The whole status file as one JSON document (schema: docs/status-file.md)."""
     from scmflow.journal import read_journal
     from scmflow.statusview import export_json
 
     printer = Printer()
     try:
-        echo_json(export_json(read_journal(_existing(path))))
+        _, key = reading_key(status_key)
+        echo_json(export_json(read_journal(_existing(path), key=key)))
     except ScmflowError as exc:
         fail(printer, exc)
 

@@ -36,6 +36,7 @@ DEFAULT_UPGRADE_PACK_PATH = "/opt/upgrade/sequoiacm"
 DEFAULT_BACKUP_PATH = "/opt/backup/sequoiacm"
 INSTALL_DIR_NAME = "sequoiacm"
 PROMPT_MARKER = "-"
+ROOT_USER = "root"
 ENV_PREFIX = "env:"
 
 _QUOTE = "'"
@@ -318,6 +319,62 @@ def normalise_install_path(raw: str) -> str:
     return "/" + "/".join(parts)
 
 
+# --- validators -----------------------------------------------------------------------
+# What the parser holds every value to, public so that values from elsewhere (a status
+# file's header) meet the very same rules. Each raises ValueError with the reason.
+
+
+def normalise_path(raw: str) -> str:
+    """An absolute path without repeated or trailing slashes and `.`; ValueError if relative,
+    with `..` or with a control character."""
+    return "/" + "/".join(_path_parts(raw))
+
+
+def check_normalised_path(value: str) -> None:
+    """ValueError unless `value` is already what `normalise_path` makes of it."""
+    if normalise_path(value) != value:
+        raise ValueError(f"'{value}' is not a normalised absolute path")
+
+
+def check_host_name(name: str) -> None:
+    """ValueError unless `name` is a host name or an IP address (what HostName accepts)."""
+    if not name:
+        raise ValueError("the host name is empty")
+    if not _HOST_RE.match(name) or name.startswith("-"):
+        raise ValueError(f"'{name}' is not a host name or address")
+
+
+def check_user_name(user: str) -> None:
+    """ValueError unless `user` is a user name (empty is not)."""
+    if not user:
+        raise ValueError("the user name is empty")
+    if not _USER_RE.match(user):
+        raise ValueError(f"'{user}' is not a user name")
+
+
+def check_install_user(user: str) -> None:
+    """ValueError unless `user` may own the install: a user name, and not root.
+
+    The services, their ctl scripts and java run as this user; as root, a file under the
+    install would be code run as root.
+    """
+    check_user_name(user)
+    if user == ROOT_USER:
+        raise ValueError(f"'{user}' cannot be the install user: the services and their scripts run as it")
+
+
+def check_run_base(directory: str) -> None:
+    """ValueError when `directory` may not hold a run's dated directories: `/` or a system directory."""
+    if directory == "/" or directory in SYSTEM_DIRS:
+        raise ValueError(f"'{directory}' is a system directory")
+
+
+def check_outside_install(directory: str, install_path: str) -> None:
+    """ValueError when `directory` lies inside `install_path`, which an upgrade replaces parts of."""
+    if directory == install_path or directory.startswith(install_path + "/"):
+        raise ValueError(f"'{directory}' must not lie inside InstallPath {install_path}")
+
+
 # --- sections -------------------------------------------------------------------------
 
 
@@ -550,6 +607,10 @@ def _parse_install(section: _Section, path: str, warnings: list[str]) -> tuple[s
     install_path = _install_path(row.get("InstallPath").text, path, row.line)
     user = row.get("InstallUser").text or DEFAULT_INSTALL_USER
     _check_user(user, path, row.line, "InstallUser")
+    try:
+        check_install_user(user)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, line=row.line, field="InstallUser") from exc
     return install_path, user
 
 
@@ -588,10 +649,10 @@ def _parse_host(row: _Row, path: str) -> HostConfig:
     name = row.get("HostName").text
     if not name:
         raise ConfigError("HostName is empty", path=path, line=row.line, field="HostName")
-    if not _HOST_RE.match(name) or name.startswith("-"):
-        raise ConfigError(
-            f"'{name}' is not a host name or address", path=path, line=row.line, field="HostName"
-        )
+    try:
+        check_host_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, line=row.line, field="HostName") from exc
     user = row.get("User").text
     _check_user(user, path, row.line, "User")
     source, password, env = _password(row.get("Password"), path, row.line)
@@ -621,8 +682,10 @@ def _port(raw: str, path: str, line: int) -> int:
 def _check_user(user: str, path: str, line: int, column: str) -> None:
     if not user:
         raise ConfigError(f"{column} is empty", path=path, line=line, field=column)
-    if not _USER_RE.match(user):
-        raise ConfigError(f"'{user}' is not a user name", path=path, line=line, field=column)
+    try:
+        check_user_name(user)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, line=line, field=column) from exc
 
 
 def _password(cell: _Cell, path: str, line: int) -> tuple[PasswordSource, str | None, str | None]:
@@ -650,10 +713,9 @@ def _java_home(raw: str, path: str, line: int) -> str | None:
     if not raw:
         return None
     try:
-        parts = _path_parts(raw)
+        return normalise_path(raw)
     except ValueError as exc:
         raise ConfigError(str(exc), path=path, line=line, field="JavaHome") from exc
-    return "/" + "/".join(parts)
 
 
 def _find_host(hosts: Iterable[HostConfig], name: str) -> HostConfig | None:
@@ -740,18 +802,20 @@ def _config_dir(value: _Value | None, default: str, path: str) -> str:
     if value is None:
         return default
     try:
-        parts = _path_parts(value.text)
+        directory = normalise_path(value.text)
     except ValueError as exc:
         raise ConfigError(str(exc), path=path, line=value.line, field=value.key) from exc
-    directory = "/" + "/".join(parts) if parts else default
-    if directory in SYSTEM_DIRS:
+    if directory == "/":
+        return default  # empty or `/`, as the original reads them
+    try:
+        check_run_base(directory)
+    except ValueError as exc:
         raise ConfigError(
-            f"'{directory}' is a system directory; give a directory of its own, "
-            f"e.g. {default}",
+            f"{exc}; give a directory of its own, e.g. {default}",
             path=path,
             line=value.line,
             field=value.key,
-        )
+        ) from exc
     return directory
 
 
@@ -760,15 +824,16 @@ def _check_outside_install(
 ) -> None:
     # The upgrade replaces doc/, driver/ and tools/ right under InstallPath: a pack or
     # backup directory in there could be destroyed by the very upgrade that needs it.
-    if directory != install_path and not directory.startswith(install_path + "/"):
-        return
-    value = values.get(key.lower())
-    raise ConfigError(
-        f"{key} '{directory}' must not lie inside InstallPath {install_path}",
-        path=path,
-        line=value.line if value else None,
-        field=value.key if value else key,
-    )
+    try:
+        check_outside_install(directory, install_path)
+    except ValueError as exc:
+        value = values.get(key.lower())
+        raise ConfigError(
+            f"{key} {exc}",
+            path=path,
+            line=value.line if value else None,
+            field=value.key if value else key,
+        ) from exc
 
 
 # --- shared helpers -------------------------------------------------------------------

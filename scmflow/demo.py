@@ -36,6 +36,7 @@ from scmflow.report import Reporter, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
 from scmflow.sandbox import NodeSpec, Topology
 from scmflow.sandbox.install import CUSTOMER_JARS
+from scmflow.statuskey import StatusKey
 from scmflow.statusview import render_show
 from scmflow.upgrade import (
     CheckedCluster,
@@ -227,14 +228,17 @@ def _run(
             "(--fail): watch that pair being rolled back on the spot"
         )
     _check_stop(stop)
-    status_path, upgraded = _upgrade(paths, options, catalog, printer, stop)
+    # The demo signs its status file as the cluster command does, with a key that lives in
+    # memory only: the demo leaves no file behind.
+    key = StatusKey.generate()
+    status_path, upgraded = _upgrade(paths, options, catalog, printer, stop, key)
     printer.info("Demo: after the upgrade:" if upgraded else "Demo: after the failed upgrade:")
     _show_nodes(printer, node_states(paths, topology, catalog))
     _show_customer_jars(paths, catalog, printer)
-    _show_status(status_path, printer)
+    _show_status(status_path, printer, key)
     _check_stop(stop)
-    rolled_back = _rollback(status_path, paths, catalog, printer, stop)
-    _show_status(status_path, printer)
+    rolled_back = _rollback(status_path, paths, catalog, printer, stop, key)
+    _show_status(status_path, printer, key)
     back = _check_back(paths, topology, catalog, printer, before_digest=before_digest, before=before_nodes)
     expected_failure = options.fail_service is not None
     return EXIT_OK if back and rolled_back and upgraded != expected_failure else EXIT_FAILED
@@ -373,7 +377,12 @@ def _run_locks(
 
 
 def _upgrade(
-    paths: DemoPaths, options: DemoOptions, catalog: Catalog, printer: DemoPrinter, stop: threading.Event
+    paths: DemoPaths,
+    options: DemoOptions,
+    catalog: Catalog,
+    printer: DemoPrinter,
+    stop: threading.Event,
+    key: StatusKey,
 ) -> tuple[Path, bool]:
     """Check, show the plan, upgrade unattended: (status file, whether every pair upgraded)."""
     printer.info(f"Demo: upgrading to {NEW_VERSION}, as `scm.py cluster --upgrade --unattended` does")
@@ -407,6 +416,7 @@ def _upgrade(
                 reporter=printer,
                 stop=stop,
                 on_status_file=status.append,
+                status_key=key,
             )
     except RunFailed as exc:
         printer.error(exc.message)
@@ -442,20 +452,27 @@ def _demo_argv(options: DemoOptions) -> list[str]:
     return argv
 
 
-def _show_status(status_path: Path, printer: DemoPrinter) -> None:
+def _show_status(status_path: Path, printer: DemoPrinter, key: StatusKey) -> None:
     printer.info(f"Demo: scm.py status show {status_path}")
-    for line in render_show(read_journal(status_path)).rstrip("\n").splitlines():
+    for line in render_show(read_journal(status_path, key=key)).rstrip("\n").splitlines():
         printer.info(f"    {line}".rstrip())
 
 
 def _rollback(
-    status_path: Path, paths: DemoPaths, catalog: Catalog, printer: DemoPrinter, stop: threading.Event
+    status_path: Path,
+    paths: DemoPaths,
+    catalog: Catalog,
+    printer: DemoPrinter,
+    stop: threading.Event,
+    key: StatusKey,
 ) -> bool:
     """Roll back every pair the status file says changed, as `cluster --rollback` does."""
     printer.info(
         f"Demo: rolling back, as `scm.py cluster --rollback --upgrade-status-path {status_path}` does"
     )
-    state = open_run(status_path)
+    # No trust check: the demo wrote this file a moment ago, and as root its install user
+    # is root, which a cluster's status file may never name.
+    state = open_run(status_path, key=key)
     try:
         printer.info(f"Read the upgrade status file {status_path}: {len(state.pairs)} planned pairs")
         candidates, warnings = select_pairs(state, hosts=None, services=None)

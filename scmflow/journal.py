@@ -20,8 +20,8 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -228,7 +228,11 @@ def find_secret_key(value: Any, where: str = "") -> str | None:
 
 
 class Journal:
-    """An open status file that records are appended to, one fsynced record at a time."""
+    """An open status file that records are appended to, one fsynced record at a time.
+
+    With a key, every record carries its MAC (format version 2); without one, none
+    (version 1). A file keeps the version its header was written in.
+    """
 
     def __init__(
         self,
@@ -239,6 +243,7 @@ class Journal:
         seq: int,
         last_digest: bytes,
         clock: Clock,
+        key: StatusKey | None = None,
     ) -> None:
         self.path = path
         self.header = header
@@ -246,6 +251,7 @@ class Journal:
         self._seq = seq
         self._last_digest = last_digest
         self._clock = clock
+        self._key = key
         self._broken: str | None = None
         self._lock = threading.Lock()
 
@@ -257,8 +263,13 @@ class Journal:
         *,
         now: datetime | None = None,
         clock: Clock = time.time,
+        key: StatusKey | None = None,
     ) -> Journal:
-        """Create a new status file in `status_dir` and write its header (record 0)."""
+        """Create a new status file in `status_dir` and write its header (record 0).
+
+        With `key`, the file is in format version 2 and its header names the key's id;
+        without, it is an unauthenticated version 1 file.
+        """
         _check_header(header)
         epoch = now.timestamp() if now is not None else float(clock())
         status_dir = Path(status_dir)
@@ -266,15 +277,16 @@ class Journal:
         path, fd = _create_exclusive(status_dir, datetime.fromtimestamp(epoch))
         record: dict[str, Any] = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if key is not None else UNSIGNED_FORMAT_VERSION,
             "seq": 0,
             "time": format_time(epoch),
             "epoch": epoch,
+            **({"key_id": key.key_id} if key is not None else {}),
             **header,
         }
         try:
             _lock_file(fd, path)
-            digest, frame = _encode(record)
+            digest, frame = _encode(record, key)
             _write_all(fd, frame)
             os.fsync(fd)
             _fsync_dir(status_dir)
@@ -282,11 +294,23 @@ class Journal:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        return cls(path, fd, record, seq=0, last_digest=digest, clock=clock)
+        return cls(path, fd, record, seq=0, last_digest=digest, clock=clock, key=key)
 
     @classmethod
-    def open_for_append(cls, path: Path, *, clock: Clock = time.time) -> Journal:
-        """Open an existing status file to continue it (resume, rollback); repairs a torn tail."""
+    def open_for_append(
+        cls,
+        path: Path,
+        *,
+        clock: Clock = time.time,
+        key: StatusKey | None = None,
+        check: Callable[[JournalContents], None] | None = None,
+    ) -> Journal:
+        """Open an existing status file to continue it (resume, rollback); repairs a torn tail.
+
+        `check` sees what was read, under the file's lock and before anything is written
+        (the torn tail's repair included); whatever it raises closes the file again. A
+        version 2 file needs `key` to sign what is appended.
+        """
         path = Path(path)
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -294,7 +318,15 @@ class Journal:
             raise JournalError(f"cannot open status file {path}: {exc.strerror or exc}") from exc
         try:
             _lock_file(fd, path)
-            contents = read_journal(path)
+            contents = read_journal(path, key=key)
+            if check is not None:
+                check(contents)
+            signed = contents.format_version >= FORMAT_VERSION
+            if signed and key is None:
+                raise JournalError(
+                    f"{path} is in status format version {contents.format_version}: "
+                    "appending to it needs the status key"
+                )
             journal = cls(
                 path,
                 fd,
@@ -302,6 +334,7 @@ class Journal:
                 seq=contents.count - 1,
                 last_digest=contents.digests[-1],
                 clock=clock,
+                key=key if signed else None,
             )
             if contents.torn_tail:
                 _truncate(fd, path, contents.clean_size)
@@ -348,7 +381,7 @@ class Journal:
                 "prev": self._last_digest,
                 **event,
             }
-            digest, frame = _encode(record)
+            digest, frame = _encode(record, self._key)
             self._write_record(fd, frame)
             self._seq += 1
             self._last_digest = digest
@@ -395,8 +428,11 @@ class Journal:
             ) from exc
 
 
-def read_journal(path: Path) -> JournalContents:
-    """Read and verify a status file; a torn last record is reported, any other damage raises."""
+def read_journal(path: Path, *, key: StatusKey | None = None) -> JournalContents:
+    """Read and verify a status file; a torn last record is reported, any other damage raises.
+
+    The MACs are checked with `key`; the verdict is the result's `authenticity`.
+    """
     path = Path(path)
     data = _read_bytes(path)
     scan = _scan(path, data)
@@ -424,26 +460,31 @@ def read_journal(path: Path) -> JournalContents:
         torn_offset=scan.torn_offset,
         size=len(data),
         problems=tuple(problems),
+        authenticity=_authenticity(scan, key),
     )
 
 
-def verify_journal(path: Path) -> VerifyResult:
-    """Check every record's digest and the chain; raises only for files that are not status files."""
+def verify_journal(path: Path, *, key: StatusKey | None = None) -> VerifyResult:
+    """Check every record's digest, the chain, and the intact records' MACs with `key`.
+
+    Raises only for files that are not status files.
+    """
     path = Path(path)
     data = _read_bytes(path)
     scan = _scan(path, data)
     count = len(scan.payloads)
+    authenticity = _authenticity(scan, key)
     if scan.damage is not None:
         seq, offset, reason = scan.damage
         message = str(TamperedJournal(path, seq, offset, reason))
-        return VerifyResult(False, count, seq, message, first_bad_offset=offset)
+        return VerifyResult(False, count, seq, message, offset, authenticity=authenticity)
     if scan.torn_offset is not None:
         message = (
             f"{path}: {count} records intact; the last record (seq {count}, byte offset "
             f"{scan.torn_offset}) is incomplete, left by an interrupted write"
         )
-        return VerifyResult(False, count, count, message, scan.torn_offset, torn_tail=True)
-    return VerifyResult(True, count, None, f"OK: {count} records, chain intact")
+        return VerifyResult(False, count, count, message, scan.torn_offset, True, authenticity)
+    return VerifyResult(True, count, None, f"OK: {count} records, chain intact", authenticity=authenticity)
 
 
 def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:
@@ -575,13 +616,15 @@ def _check_event(event: Mapping[str, Any]) -> None:
         raise JournalError(f"refusing to write a secret into the status file (record key {secret})")
 
 
-def _encode(record: Mapping[str, Any]) -> tuple[bytes, bytes]:
+def _encode(record: Mapping[str, Any], key: StatusKey | None = None) -> tuple[bytes, bytes]:
+    """(digest, frame) of a record: `[payload, digest, mac]` with a key, `[payload, digest]` without."""
     try:
         payload: bytes = msgpack.packb(record, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise JournalError(f"cannot record {record.get('kind', 'header')!s}: {exc}") from exc
     digest = hashlib.sha256(payload).digest()
-    frame: bytes = msgpack.packb([payload, digest], use_bin_type=True)
+    parts = [payload, digest] if key is None else [payload, digest, key.mac(payload)]
+    frame: bytes = msgpack.packb(parts, use_bin_type=True)
     return digest, frame
 
 
@@ -665,8 +708,23 @@ def _read_bytes(path: Path) -> bytes:
 class _Scan:
     payloads: list[dict[str, Any]]
     digests: list[bytes]
+    raw: list[bytes] = field(default_factory=list)  # each payload's bytes, for the MACs
+    macs: list[bytes | None] = field(default_factory=list)
     damage: tuple[int, int, str] | None = None
     torn_offset: int | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The header's format version, once the header was read."""
+        if not self.payloads:
+            return None
+        version = self.payloads[0].get("format_version")
+        return version if isinstance(version, int) else None
+
+    def shapes(self) -> list[_Shape]:
+        """The frame shapes the next record may have: its file's, or any before the header."""
+        version = self.version
+        return [_SHAPES[version]] if version in _SHAPES else list(_SHAPES.values())
 
 
 def _scan(path: Path, data: bytes) -> _Scan:
@@ -682,7 +740,7 @@ def _scan(path: Path, data: bytes) -> _Scan:
         try:
             frame = unpacker.unpack()
         except msgpack.OutOfData:
-            if _looks_torn(data[offset:]):
+            if _looks_torn(data[offset:], scan.shapes()):
                 if seq == 0 and not _has_magic(data):
                     raise _not_status_file(path) from None
                 scan.torn_offset = offset
@@ -700,6 +758,20 @@ def _scan(path: Path, data: bytes) -> _Scan:
     return scan
 
 
+def _authenticity(scan: _Scan, key: StatusKey | None) -> Authenticity:
+    """Whether the intact records' MACs check with `key` (the first that does not is named)."""
+    named = scan.payloads[0].get("key_id") if scan.payloads else None
+    file_key_id = named if isinstance(named, str) else None
+    if not scan.payloads or scan.version not in _SHAPES or _SHAPES[scan.version].trailer < 2:
+        return Authenticity(UNSIGNED)
+    if key is None:
+        return Authenticity(NO_KEY, file_key_id=file_key_id)
+    for seq, (payload, mac) in enumerate(zip(scan.raw, scan.macs, strict=True)):
+        if mac is None or not key.verifies(payload, mac):
+            return Authenticity(INVALID, seq, key, file_key_id)
+    return Authenticity(AUTHENTIC, None, key, file_key_id)
+
+
 def _damaged(scan: _Scan, path: Path, data: bytes, seq: int, offset: int, reason: str) -> None:
     # Damage before a header was read is only "tampering" if the file was ever ours.
     if seq == 0 and not _has_magic(data):
@@ -707,19 +779,25 @@ def _damaged(scan: _Scan, path: Path, data: bytes, seq: int, offset: int, reason
     scan.damage = (seq, offset, reason)
 
 
+def _frame_parts(frame: Any) -> tuple[bytes, bytes, bytes | None] | None:
+    """(payload, digest, mac or None) of a `[payload, digest(, mac)]` frame; None for anything else."""
+    if not isinstance(frame, list) or len(frame) not in (2, 3):
+        return None
+    if not all(isinstance(part, bytes) for part in frame):
+        return None
+    if any(len(part) != _DIGEST_SIZE for part in frame[1:]):
+        return None
+    return frame[0], frame[1], frame[2] if len(frame) == 3 else None
+
+
 def _accept(scan: _Scan, path: Path, data: bytes, seq: int, frame: Any) -> str | None:
     """Append the frame's payload to `scan`, or say what is wrong with it."""
-    if not (
-        isinstance(frame, list)
-        and len(frame) == 2
-        and isinstance(frame[0], bytes)
-        and isinstance(frame[1], bytes)
-        and len(frame[1]) == _DIGEST_SIZE
-    ):
+    parts = _frame_parts(frame)
+    if parts is None:
         if seq == 0 and not _has_magic(data):
             raise _not_status_file(path)
-        return "is not a [payload, digest] frame"
-    payload_bytes, digest = frame
+        return "is not a [payload, digest(, mac)] frame"
+    payload_bytes, digest, mac = parts
     payload = _decode_payload(payload_bytes)
     intact = hashlib.sha256(payload_bytes).digest() == digest
     if seq == 0:
@@ -728,9 +806,24 @@ def _accept(scan: _Scan, path: Path, data: bytes, seq: int, frame: Any) -> str |
         reason = _check_stored_record(scan, seq, payload, intact)
     if reason is None:
         assert payload is not None  # both checks refuse a missing payload
+        reason = _check_frame_shape(payload if seq == 0 else scan.payloads[0], mac)
+    if reason is None:
+        assert payload is not None
         scan.payloads.append(payload)
         scan.digests.append(digest)
+        scan.raw.append(payload_bytes)
+        scan.macs.append(mac)
     return reason
+
+
+def _check_frame_shape(header: Mapping[str, Any], mac: bytes | None) -> str | None:
+    """Whether the frame has a MAC exactly when its file's format version has them."""
+    signed = header.get("format_version", UNSIGNED_FORMAT_VERSION) >= FORMAT_VERSION
+    if signed and mac is None:
+        return "has no MAC, which every record of a version 2 file carries"
+    if not signed and mac is not None:
+        return "carries a MAC, which no record of a version 1 file has"
+    return None
 
 
 def _check_stored_header(path: Path, payload: dict[str, Any] | None, intact: bool) -> str | None:
@@ -780,7 +873,7 @@ def _decode_payload(payload: bytes) -> dict[str, Any] | None:
 
 def _has_magic(data: bytes) -> bool:
     """Whether the file starts like one of ours: a frame whose payload names our format."""
-    framed = data[:1] == bytes((_FRAME_START,)) and data[1:2] and data[1] in _BIN_LENGTH_WIDTH
+    framed = data[:1] and data[0] in _FRAME_STARTS and data[1:2] and data[1] in _BIN_LENGTH_WIDTH
     return bool(framed) and FORMAT.encode() in data[:_MAGIC_WINDOW]
 
 
@@ -788,9 +881,10 @@ def _not_status_file(path: Path) -> JournalError:
     return JournalError(f"{path} is not an scmflow upgrade status file")
 
 
-def _looks_torn(region: bytes) -> bool:
+def _looks_torn(region: bytes, shapes: Sequence[_Shape]) -> bool:
     """Whether `region` (from a frame start to EOF) is a strict prefix of one frame."""
-    if region[0] != _FRAME_START:
+    shape = next((s for s in shapes if s.start == region[0]), None)
+    if shape is None:
         return False
     if len(region) == 1:
         return True
@@ -801,37 +895,44 @@ def _looks_torn(region: bytes) -> bool:
     if len(region) < head:
         return True
     payload_end = head + int.from_bytes(region[2:head], "big")
-    if len(region) >= payload_end + len(_DIGEST_HEAD) + _DIGEST_SIZE:
-        return False  # the whole frame was written: its digest part is what is wrong
+    if len(region) >= payload_end + shape.size:
+        return False  # the whole frame was written: its digest or MAC part is what is wrong
     if len(region) > head and not _is_map_start(region[head]):
         return False
-    if len(region) > payload_end and not _DIGEST_HEAD.startswith(region[payload_end : payload_end + 2]):
-        return False
-    return not (_ends_with_whole_frame(region) or _holds_frame(region))
+    for item in range(shape.trailer):
+        at = payload_end + item * _TRAILER_ITEM
+        if len(region) > at and not _DIGEST_HEAD.startswith(region[at : at + len(_DIGEST_HEAD)]):
+            return False
+    return not (_ends_with_whole_frame(region, shape) or _holds_frame(region))
 
 
 def _is_map_start(byte: int) -> bool:
     return 0x80 <= byte <= 0x8F or byte in (0xDE, 0xDF)
 
 
-def _ends_with_whole_frame(region: bytes) -> bool:
-    """A complete frame whose length bytes were changed still ends in its intact digest."""
-    tail = len(_DIGEST_HEAD) + _DIGEST_SIZE
-    if len(region) <= tail or region[-tail:-_DIGEST_SIZE] != _DIGEST_HEAD:
+def _ends_with_whole_frame(region: bytes, shape: _Shape) -> bool:
+    """A complete frame whose length bytes were changed still ends in its intact digest (and MAC)."""
+    tail = shape.size
+    if len(region) <= tail:
         return False
-    digest = region[-_DIGEST_SIZE:]
+    trailer = region[-tail:]
+    items = [trailer[i * _TRAILER_ITEM : (i + 1) * _TRAILER_ITEM] for i in range(shape.trailer)]
+    if any(item[: len(_DIGEST_HEAD)] != _DIGEST_HEAD for item in items):
+        return False
+    digest = items[0][len(_DIGEST_HEAD) :]
     return any(hashlib.sha256(region[start:-tail]).digest() == digest for start in range(2, 7))
 
 
 def _holds_frame(region: bytes) -> bool:
     """Whether a valid frame starts inside `region`: then it is not the last record."""
-    for marker in _BIN_LENGTH_WIDTH:
-        needle = bytes((_FRAME_START, marker))
-        position = region.find(needle, 1)
-        while position != -1:
-            if _is_valid_frame_at(region, position):
-                return True
-            position = region.find(needle, position + 1)
+    for start in _FRAME_STARTS:
+        for marker in _BIN_LENGTH_WIDTH:
+            needle = bytes((start, marker))
+            position = region.find(needle, 1)
+            while position != -1:
+                if _is_valid_frame_at(region, position):
+                    return True
+                position = region.find(needle, position + 1)
     return False
 
 
@@ -842,10 +943,5 @@ def _is_valid_frame_at(region: bytes, position: int) -> bool:
         frame = unpacker.unpack()
     except Exception:  # not a frame, whatever the reason
         return False
-    return (
-        isinstance(frame, list)
-        and len(frame) == 2
-        and isinstance(frame[0], bytes)
-        and isinstance(frame[1], bytes)
-        and hashlib.sha256(frame[0]).digest() == frame[1]
-    )
+    parts = _frame_parts(frame)
+    return parts is not None and hashlib.sha256(parts[0]).digest() == parts[1]

@@ -28,8 +28,8 @@ from scmflow.config import (
     select_hosts,
     select_services,
 )
-from scmflow.errors import ConfigError, ScmflowError, UsageError
-from scmflow.journal import read_journal
+from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, UsageError
+from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal
 from scmflow.locks import clear_dead_host_locks, run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
@@ -37,7 +37,8 @@ from scmflow.remote import Session, SSHOptions, connect_all
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
 from scmflow.sshconfig import load_client_config, resolve_target
-from scmflow.statusview import run_records
+from scmflow.statuskey import key_path, load_key, load_or_create_key
+from scmflow.statusview import authenticity_hint, run_records, trusted_values
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,
@@ -46,14 +47,17 @@ from scmflow.upgrade import (
     RunFailed,
     RunInterrupted,
     RunSettings,
+    StatusTrust,
     Target,
     check_cluster,
+    check_run_header,
     close_sessions,
     execute_upgrade,
     make_layout,
     open_run,
     reload_release,
     resume_upgrade,
+    untrusted_message,
 )
 
 if TYPE_CHECKING:
@@ -179,6 +183,7 @@ def _clear_dead_locks(
             upgrade_pack_path=_pack_base(state),
             run_id=str(state.header.get("run_id", "")),
             warn=printer.warn,
+            admin_user=state.layout.admin_user,
         )
     except ScmflowError as exc:
         printer.warn(f"The hosts' run locks were not checked for dead runs: {exc.message}")
@@ -253,6 +258,8 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
             if not _show_plan(checked, options, printer, catalog):
                 return EXIT_OK
             run_id = uuid.uuid4().hex
+            # made on first use: every record of the status file is signed with it
+            status_key = load_or_create_key(key_path(options.status_key))
             settings = RunSettings(
                 parallel=options.parallel,
                 parallel_ssh=options.parallel_ssh,
@@ -281,6 +288,7 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                         settings=settings,
                         reporter=printer,
                         stop=stop,
+                        status_key=status_key,
                     )
                 except (RunFailed, RunInterrupted) as exc:
                     return _report_run_error(printer, exc)
@@ -343,15 +351,57 @@ def _steps(checked: CheckedCluster, catalog: Catalog) -> dict[str, list[str]]:
 # -- resume and rollback -----------------------------------------------------------------------
 
 
-def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState:
+def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState | None:
+    """The status file, opened to continue it; None when the operator chose not to trust it.
+
+    Before any host is contacted: a file that this machine's status key did not write is
+    refused (UntrustedStatusFile, exit 2) unless --trust-status-file, and then only after
+    its hosts, users and paths were shown (and accepted, unless --unattended). Either way
+    every header value passes upgrade.cfg's validators (open_run).
+    """
     assert options.status_path is not None
     path = options.status_path
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise UsageError(f"upgrade status file {path} {what}")
-    state = open_run(path)
+    where = key_path(options.status_key)
+    key = load_key(where)
+    contents = read_journal(path, key=key)
+    accepted: bytes | None = None
+    if not contents.authenticity.ok:
+        if not options.trust_status_file:
+            hint = authenticity_hint(contents.authenticity, where)
+            raise UntrustedStatusFile(
+                f"{untrusted_message(path, contents.authenticity)}{hint}; nothing was done "
+                "(to use it anyway, check it and pass --trust-status-file)"
+            )
+        if not _accept_untrusted(path, contents, options, printer):
+            return None
+        accepted = contents.digests[0]
+        if key is None and contents.format_version >= FORMAT_VERSION:
+            key = load_or_create_key(where)  # what is appended to a signed file is signed too
+    state = open_run(path, trust=StatusTrust(key=key, accepted_header=accepted))
     printer.info(f"Read the upgrade status file {path}: {len(state.pairs)} planned pairs")
     return state
+
+
+def _accept_untrusted(
+    path: Path, contents: JournalContents, options: ClusterOptions, printer: Printer
+) -> bool:
+    """--trust-status-file: show what the file would have done, then ask (on stderr) unless unattended."""
+    from scmflow.cli import confirm
+
+    check_run_header(path, contents.header)  # nothing unvalidated reaches the terminal
+    printer.warn(
+        f"{untrusted_message(path, contents.authenticity)}; --trust-status-file uses it anyway. It names:",
+        err=True,
+    )
+    for line in trusted_values(contents.header):
+        printer.warn(f"    {line}", err=True)
+    if options.unattended or confirm(printer, "Whether to use this status file?", err=True):
+        return True
+    printer.info("The status file was not used, nothing was changed", err=True)
+    return False
 
 
 def _status_endpoints(
@@ -444,6 +494,8 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     from scmflow.cli import confirm, interrupt_handler, open_run_log
 
     state = _open_status(options, printer)
+    if state is None:
+        return EXIT_OK
     if options.hosts or options.services:
         raise UsageError("resume continues the whole recorded run; --host/--service are not allowed")
     lifecycle = load_lifecycle()
@@ -519,6 +571,8 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
     from scmflow.cli import confirm, interrupt_handler, open_run_log
 
     state = _open_status(options, printer)
+    if state is None:
+        return EXIT_OK
     candidates, warnings = select_pairs(state, hosts=options.hosts, services=options.services)
     for warning in warnings:
         printer.warn(warning)

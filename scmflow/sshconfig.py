@@ -17,9 +17,16 @@
   SSHTarget.known_names. So `ssh NAME` once with the same config records what we check.
 
 Files: ~/.ssh/config, then /etc/ssh/ssh_config; the first value found wins, `Include` is
-followed. Not honoured: ProxyCommand (refused with a clear error rather than bypassed),
-Match exec, and options that weaken host-key checking (StrictHostKeyChecking,
-UserKnownHostsFile): keys are always checked against ~/.ssh/known_hosts.
+followed. Not honoured: ProxyCommand (refused with a clear error rather than bypassed)
+and options that weaken host-key checking (StrictHostKeyChecking, UserKnownHostsFile):
+keys are always checked against ~/.ssh/known_hosts.
+
+No command from ssh_config is ever run. A `Match exec` line anywhere in the files makes
+the whole configuration an error (ConfigError naming file and line), found when the files
+are loaded, before any lookup: paramiko would otherwise run its command, through a shell,
+for every lookup that reaches it, with the host name (from upgrade.cfg or a status file)
+pasted into `%h`/`%n`. Host names are also checked to be names or addresses before they
+are looked up, as upgrade.cfg's HostName is.
 """
 
 from __future__ import annotations
@@ -36,12 +43,15 @@ from typing import cast
 
 import paramiko
 
+from scmflow.config import check_host_name
 from scmflow.errors import ConfigError
 from scmflow.remote import SSHTarget
 
 MAX_HOPS = 8
 _MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
 _KEYWORD = re.compile(r"^\s*(\w+)(?:\s*=\s*|\s+)(.*?)\s*$")
+# Match criteria that take no argument (OpenSSH's readconf.c, paramiko's SSHConfig).
+_BARE_CRITERIA = frozenset({"all", "canonical", "final"})
 _BRACKETED = re.compile(r"^\[([^\]]+)\](?::(\d+))?$")
 
 
@@ -192,6 +202,13 @@ def _expand(path: Path, base: Path, depth: int, header: str = "Host *") -> list[
     for number, line in enumerate(text.splitlines(), 1):
         match = _KEYWORD.match(line)
         keyword = match.group(1).lower() if match else ""
+        if keyword == "match" and match is not None and _runs_a_command(match.group(2)):
+            raise ConfigError(
+                "Match exec runs a command, and scmflow never runs commands from ssh_config; "
+                "remove the line (a ProxyJump or a Host block does the same without a command)",
+                path=str(path),
+                line=number,
+            )
         if keyword in ("host", "match"):
             header = line.strip()
         if keyword != "include" or match is None:
@@ -201,6 +218,21 @@ def _expand(path: Path, base: Path, depth: int, header: str = "Host *") -> list[
             out += _expand(included, base, depth + 1, header)
         out.append(header)
     return out
+
+
+def _runs_a_command(criteria: str) -> bool:
+    """Whether a Match line's criteria hold `exec` (or `!exec`), read as paramiko reads them."""
+    try:
+        tokens = shlex.split(criteria)
+    except ValueError:
+        return "exec" in criteria.lower()  # unparseable: refuse rather than guess it harmless
+    while tokens:
+        kind = tokens.pop(0).lstrip("!").lower()
+        if kind == "exec":
+            return True
+        if kind not in _BARE_CRITERIA and tokens:
+            tokens.pop(0)  # the criterion's argument, which may itself say "exec"
+    return False
 
 
 def _include_paths(value: str, base: Path, path: Path, line: int) -> list[Path]:
@@ -232,7 +264,14 @@ def resolve_target(
     user: str | None = None,
     password: str | None = None,
 ) -> SSHTarget:
-    """The connection `ssh [-p port] [-l user] name` would make; given values win over ssh_config."""
+    """The connection `ssh [-p port] [-l user] name` would make; given values win over ssh_config.
+
+    ConfigError unless `name` is a host name or address: it reaches ssh_config's tokens.
+    """
+    try:
+        check_host_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=config.source, field="HostName") from None
     target = _resolve(config, name, port=port, user=user, own_jumps=True, path=())
     return replace(target, password=password)
 

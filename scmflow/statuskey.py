@@ -185,7 +185,8 @@ def _create(directory: int, path: Path) -> None:
 
 
 def _open_error(path: Path, exc: OSError, verb: str) -> StatusKeyError:
-    if exc.errno == errno.ELOOP:
+    # O_NOFOLLOW says ELOOP for a link to a file, O_DIRECTORY ENOTDIR for a link to a directory.
+    if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and path.is_symlink()):
         return StatusKeyError(f"the status key path {path} is a symbolic link, which is never followed")
     if exc.errno == errno.ENOTDIR:
         return StatusKeyError(f"cannot {verb} the status key path {path}: it is not a directory")

@@ -18,10 +18,15 @@ import msgpack
 
 from scmflow.errors import CatalogError, JournalError
 from scmflow.journal import (
+    AUTHENTIC,
     FILE_PREFIX,
+    INVALID,
     NAME_TIME_FORMAT,
+    NO_KEY,
+    Authenticity,
     JournalContents,
     PairReplay,
+    VerifyResult,
     error_text,
     format_time,
     read_journal,
@@ -92,13 +97,75 @@ def _run_detail(record: Mapping[str, Any]) -> Mapping[str, Any]:
     return detail if isinstance(detail, Mapping) else {}
 
 
+# --- authenticity -------------------------------------------------------------------
+
+_VERDICTS = {AUTHENTIC: "yes", INVALID: "NO", NO_KEY: "unknown"}
+
+
+def authenticity_text(
+    authenticity: Authenticity, key_path: Path | None = None, *, qualifier: str = ""
+) -> str:
+    """`yes|NO|unknown[ qualifier], why`: whether this machine's key wrote the file."""
+    verdict = _VERDICTS.get(authenticity.state, "unknown")
+    return f"{verdict}{qualifier}, {authenticity.reason}{authenticity_hint(authenticity, key_path)}"
+
+
+def authenticity_hint(authenticity: Authenticity, key_path: Path | None) -> str:
+    """Where the key was looked for, when there was none."""
+    if authenticity.state != NO_KEY or key_path is None:
+        return ""
+    return f"; there is none at {key_path} (--status-key FILE gives the key of the machine that wrote it)"
+
+
+def chain_text(result: VerifyResult) -> str:
+    """Whether the hash chain is intact, else where it breaks."""
+    if result.ok:
+        return f"intact, {result.count} records"
+    if result.torn_tail:
+        return (
+            f"{result.count} records intact; the last record (seq {result.first_bad_seq}, byte offset "
+            f"{result.first_bad_offset}) is incomplete, left by an interrupted write"
+        )
+    return (
+        f"broken at record {result.first_bad_seq} (byte offset {result.first_bad_offset}), "
+        f"{result.count} records intact before it"
+    )
+
+
+def trusted_values(header: Mapping[str, Any]) -> list[str]:
+    """What a run header makes rollback and resume do: hosts and logins, users, paths.
+
+    Shown before an operator decides to trust a file that is not authentic; expects a
+    header whose values were validated (no control characters reach the terminal).
+    """
+    layout = header.get("layout") or {}
+    hosts = [
+        f"{h.get('name')}:{h.get('port') or 22} as {h.get('user')}, "
+        f"JAVA_HOME {h.get('java_home') or '(from /etc/profile)'}"
+        for h in header.get("hosts") or []
+    ]
+    release = header.get("release") or {}
+    config = header.get("config")
+    return [
+        *(f"host        {line}" for line in hosts),
+        f"install     {layout.get('install_path')}, run as {layout.get('install_user')} "
+        f"(directories made by {layout.get('admin_user') or 'the login user'})",
+        f"upgrade dir {layout.get('upgrade_dir')}",
+        f"backup dir  {layout.get('backup_dir')}",
+        f"release     {release.get('version')} from {release.get('root')}",
+        f"config      {config.get('path') if isinstance(config, Mapping) else 'none recorded'}",
+    ]
+
+
 # --- show ---------------------------------------------------------------------------
 
 
-def render_show(contents: JournalContents, *, timeline: bool = False, width: int = 100) -> str:
-    """Who ran it, when, what; a table of pairs; optionally every event in order."""
+def render_show(
+    contents: JournalContents, *, timeline: bool = False, width: int = 100, key_path: Path | None = None
+) -> str:
+    """Who ran it, when, what, whether it is authentic; a table of pairs; optionally every event."""
     pairs = replay(contents)
-    lines = _summary_lines(contents, pairs, width)
+    lines = _summary_lines(contents, pairs, width, key_path)
     lines.append("")
     lines.extend(_pair_table(list(pairs.values()), width))
     lines.extend(_error_lines(list(pairs.values()), width))
@@ -114,7 +181,7 @@ def render_show(contents: JournalContents, *, timeline: bool = False, width: int
 
 
 def _summary_lines(
-    contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay], width: int
+    contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay], width: int, key_path: Path | None
 ) -> list[str]:
     header = contents.header
     runs = run_records(contents)
@@ -135,6 +202,7 @@ def _summary_lines(
         ("Hosts", _hosts_text(header.get("hosts"))),
         ("Runs", ", ".join(_run_text(r) for r in runs) or "none recorded"),
         ("Outcome", outcome_of(contents, pairs)),
+        ("Authentic", authenticity_text(contents.authenticity, key_path)),
     ]
     for label, value in fields:
         lines.extend(_labelled(label, value, width))
@@ -385,6 +453,18 @@ def export_json(contents: JournalContents) -> dict[str, Any]:
         "problems": list(contents.problems),
         "outcome": outcome_of(contents, pairs),
         "pairs": [_pair_export(p) for p in pairs.values()],
+        "authenticity": _authenticity_export(contents.authenticity),
+    }
+
+
+def _authenticity_export(authenticity: Authenticity) -> dict[str, Any]:
+    return {
+        "authentic": authenticity.ok,
+        "state": authenticity.state,
+        "first_bad_seq": authenticity.first_bad_seq,
+        "key_id": authenticity.key.key_id if authenticity.key is not None else None,
+        "file_key_id": authenticity.file_key_id,
+        "reason": authenticity.reason,
     }
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,33 @@ from scmflow import __version__
 from scmflow.actions import HostActions, RemoteLayout
 from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
-from scmflow.config import ConfigFile
+from scmflow.config import (
+    ConfigFile,
+    check_host_name,
+    check_install_user,
+    check_normalised_path,
+    check_outside_install,
+    check_run_base,
+    check_user_name,
+    normalise_install_path,
+)
 from scmflow.distribute import distribute
-from scmflow.errors import JournalError, ReleaseError, ScmflowError
+from scmflow.errors import JournalError, ReleaseError, ScmflowError, UntrustedStatusFile
 from scmflow.fanout import map_hosts
 from scmflow.inventory import HostInventory, probe_host
-from scmflow.journal import Journal, read_journal, replay
+from scmflow.journal import Authenticity, Journal, JournalContents, replay
 from scmflow.machine import Lifecycle, PairRun
 from scmflow.plan import Pair, Plan, group_stages, make_plan
 from scmflow.release import Release, load_release
 from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.scheduler import Scheduler, StageResult, describe_failure
+from scmflow.statuskey import StatusKey
 
 Connector = Callable[[Sequence[str]], dict[str, Session]]
 STAMP_FORMAT = "%Y-%m-%d-%H:%M:%S"
+MAX_START_TIMEOUT = 86400
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -112,9 +126,11 @@ class RunOutcome:
 class RunFailed(ScmflowError):
     """A pair failed; its own rollback was attempted; the status file says everything."""
 
-    def __init__(self, message: str, status_path: Path) -> None:
+    def __init__(self, message: str, status_path: Path, exit_code: int = 1) -> None:
         super().__init__(message)
         self.status_path = status_path
+        # 2 when the run stopped before any pair changed a host (see distribute)
+        self.exit_code = exit_code
 
 
 class RunInterrupted(ScmflowError):
@@ -292,12 +308,17 @@ def execute_upgrade(
     stop: threading.Event,
     on_status_file: Callable[[Path], None] | None = None,
     run_id: str | None = None,
+    status_key: StatusKey | None = None,
 ) -> RunOutcome:
-    """Create the status file, send packages, then upgrade every planned pair."""
+    """Create the status file, send packages, then upgrade every planned pair.
+
+    `status_key` signs every record (the cluster command always has one); without it the
+    file is unauthenticated (the local demo).
+    """
     stamp = time.strftime(STAMP_FORMAT)
     layout = make_layout(checked.target, stamp, settings.start_timeout)
     header = build_header(checked, layout, argv=argv, stamp=stamp, parallel=settings.parallel, run_id=run_id)
-    journal = Journal.create(status_dir, header)
+    journal = Journal.create(status_dir, header, key=status_key)
     reporter.info(f"Created upgrade status file, file location:{journal.path}")
     if on_status_file is not None:
         on_status_file(journal.path)
@@ -368,7 +389,7 @@ def _drive_upgrade(
             journal.append(
                 {"kind": "run", "detail": {"action": action, "result": "failed", "error": exc.message}}
             )
-        raise RunFailed(exc.message, journal.path) from exc
+        raise RunFailed(exc.message, journal.path, exc.exit_code) from exc
     journal.append({"kind": "note", "detail": {"packages_sent": sorted(pairs_by_host)}})
     runs = make_runs(
         pairs,
@@ -465,11 +486,42 @@ class ResumeState:
     config: ConfigFile | None = None
 
 
-def open_run(status_path: Path) -> ResumeState:
-    """Read a status file and open it for appending; replay gives each pair's state."""
-    contents = read_journal(status_path)
+@dataclass(frozen=True)
+class StatusTrust:
+    """Why rollback and resume may use a status file, and the key that signs what they append.
+
+    The file must be authentic under `key`, or start with the header the operator was
+    shown and accepted (`accepted_header`, the digest of record 0: --trust-status-file).
+    """
+
+    key: StatusKey | None
+    accepted_header: bytes | None = None
+
+
+def open_run(
+    status_path: Path, *, trust: StatusTrust | None = None, key: StatusKey | None = None
+) -> ResumeState:
+    """Read a status file and open it for appending; replay gives each pair's state.
+
+    With `trust` (the cluster command), a file that is neither authentic nor accepted is
+    refused (UntrustedStatusFile), and every header value must pass upgrade.cfg's
+    validators. Both are checked on what was read under the file's lock, before anything
+    is written to it. Without `trust` the caller vouches for the file: the local demo,
+    reading back the file it has just written (and signing what it appends with `key`).
+    """
+    opened: list[JournalContents] = []
+
+    def check(contents: JournalContents) -> None:
+        if trust is not None:
+            require_trusted(status_path, contents, trust)
+        _check_run_header(status_path, contents.header)
+        if trust is not None:
+            check_header_values(status_path, contents.header)
+        opened.append(contents)
+
+    journal = Journal.open_for_append(status_path, key=trust.key if trust else key, check=check)
+    contents = opened[0]
     header = contents.header
-    _check_run_header(status_path, header)
     replayed = replay(contents)
     pairs = [Pair.from_record(r) for r in header["plan"]]
     states = {key: r.state for key, r in replayed.items()}
@@ -485,7 +537,6 @@ def open_run(status_path: Path) -> ResumeState:
         start_timeout=int(lay.get("start_timeout", 300)),
     )
     recorded = header.get("config")
-    journal = Journal.open_for_append(status_path)
     return ResumeState(
         journal=journal,
         header=header,
@@ -496,6 +547,122 @@ def open_run(status_path: Path) -> ResumeState:
         layout=layout,
         config=None if recorded is None else ConfigFile.from_record(recorded),
     )
+
+
+def require_trusted(path: Path, contents: JournalContents, trust: StatusTrust) -> None:
+    """UntrustedStatusFile unless the file is authentic or its header is the one accepted."""
+    if contents.authenticity.ok:
+        return
+    if trust.accepted_header is not None and contents.digests[0] == trust.accepted_header:
+        return
+    raise UntrustedStatusFile(untrusted_message(path, contents.authenticity))
+
+
+def untrusted_message(path: Path, authenticity: Authenticity) -> str:
+    """Why a status file is not used, as one line."""
+    return f"status file {path} is not authentic: {authenticity.reason}"
+
+
+def check_run_header(path: Path, header: Mapping[str, Any]) -> None:
+    """JournalError unless the header holds what rollback and resume need, every value valid."""
+    _check_run_header(path, header)
+    check_header_values(path, header)
+
+
+def check_header_values(path: Path, header: Mapping[str, Any]) -> None:
+    """JournalError naming the first header value that upgrade.cfg's own validators refuse.
+
+    The header says which hosts to log in to, which paths to touch and as whom. Its MAC
+    says who wrote it; these checks bound what even an authentic file may say. Expects a
+    header that passed `_check_run_header`.
+    """
+    for name, check in _value_checks(header):
+        try:
+            check()
+        except ValueError as exc:
+            # the reason quotes the value: escape what a terminal would act on, newlines included
+            raise JournalError(f"{path} names an unsafe {name}: {_printable(str(exc))}") from None
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _value_checks(header: Mapping[str, Any]) -> list[tuple[str, Callable[[], None]]]:
+    """(header field, its check) for every value rollback and resume use."""
+    layout = header["layout"]
+    install = layout["install_path"]
+    checks: list[tuple[str, Callable[[], None]]] = [
+        ("layout.install_path", partial(_check_install_path, install)),
+        ("layout.install_user", partial(check_install_user, layout["install_user"])),
+        ("layout.admin_user", partial(_check_optional, layout.get("admin_user"), check_user_name)),
+        ("layout.start_timeout", partial(_check_start_timeout, layout.get("start_timeout", 300))),
+        ("layout.upgrade_dir", partial(_check_run_dir, layout["upgrade_dir"], "upgrade-", install)),
+        ("layout.backup_dir", partial(_check_run_dir, layout["backup_dir"], "backup-", install)),
+    ]
+    for index, host in enumerate(header["hosts"]):
+        where = f"hosts[{index}]"
+        checks += [
+            (f"{where}.name", partial(check_host_name, host["name"])),
+            (f"{where}.user", partial(check_user_name, host["user"])),
+            (f"{where}.port", partial(_check_port, host.get("port"))),
+            (f"{where}.java_home", partial(_check_optional, host.get("java_home"), check_normalised_path)),
+        ]
+    checks += [(f"plan[{i}].host", partial(check_host_name, p["host"])) for i, p in enumerate(header["plan"])]
+    release = header["release"]
+    checks.append(("release.root", partial(_check_optional, release.get("root"), check_normalised_path)))
+    for service, info in release["packages"].items():
+        checks.append((f"release.packages.{service}", partial(_check_package, info)))
+    config = header.get("config")
+    if isinstance(config, Mapping):
+        checks.append(("config.path", partial(check_normalised_path, config["path"])))
+    return checks
+
+
+def _check_optional(value: object, check: Callable[[str], None]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not text")
+    check(value)
+
+
+def _check_install_path(value: str) -> None:
+    if normalise_install_path(value) != value:
+        raise ValueError(f"'{value}' is not a normalised InstallPath (an absolute path ending in /sequoiacm)")
+
+
+def _check_run_dir(value: str, prefix: str, install_path: str) -> None:
+    """A run's own directory: `<base>/<prefix><time>`, its base as upgrade.cfg allows it."""
+    check_normalised_path(value)
+    base, name = value.rsplit("/", 1)
+    if not name.startswith(prefix):
+        raise ValueError(f"'{value}' is not a run's directory ({prefix}<time>)")
+    check_run_base(base or "/")
+    check_outside_install(base or "/", install_path)
+
+
+def _check_port(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{value!r} is not a port number (1-65535)")
+
+
+def _check_start_timeout(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_START_TIMEOUT:
+        raise ValueError(f"{value!r} is not a number of seconds (1-{MAX_START_TIMEOUT})")
+
+
+def _check_package(info: object) -> None:
+    """A package as the release recorded it: a plain file name in the run's pack dir, and its sha256."""
+    if not isinstance(info, Mapping):
+        raise ValueError(f"{info!r} is not a package record")
+    name, digest = info.get("name"), info.get("sha256")
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{name!r} is not a package file name")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValueError(f"{digest!r} is not a sha256")
 
 
 def _check_run_header(path: Path, header: Mapping[str, Any]) -> None:

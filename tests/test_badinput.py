@@ -32,6 +32,7 @@ import pytest
 from scmflow import sandbox
 from scmflow.journal import FORMAT, Journal
 from scmflow.sandbox import NodeSpec, Topology
+from scmflow.statuskey import StatusKey, load_or_create_key
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -174,10 +175,18 @@ def status_header(*, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     return header
 
 
-def write_status(directory: Path, header: dict[str, Any]) -> Path:
-    """A status file with the header and a gateway pair backed up, then replaced."""
+def operator_key(ctx: RecipeContext) -> StatusKey:
+    """The status key scm.py finds in the HOME the case runs with (tmp/home)."""
+    return load_or_create_key(ctx.tmp / "home" / ".config" / "scmflow" / "status.key")
+
+
+def write_status(ctx: RecipeContext, directory: Path, header: dict[str, Any]) -> Path:
+    """A status file with the header and a gateway pair backed up, then replaced.
+
+    Signed with the operator's key, so that what is refused is refused for the case's reason.
+    """
     pair = {"host": "127.0.0.1", "service": "gateway"}
-    with Journal.create(directory, header) as journal:
+    with Journal.create(directory, header, key=operator_key(ctx)) as journal:
         for trigger, src, dst in (("backup", "pending", "backed_up"), ("replace", "backed_up", "replaced")):
             journal.append({"kind": "begin", **pair, "trigger": trigger})
             journal.append({"kind": "transition", **pair, "trigger": trigger, "src": src, "dst": dst})
@@ -187,7 +196,7 @@ def write_status(directory: Path, header: dict[str, Any]) -> Path:
 @recipe
 def status_good(ctx: RecipeContext) -> Path:
     """An intact status file of one pair, replaced (so rollback and resume both have work)."""
-    return write_status(ctx.tmp / "good", status_header())
+    return write_status(ctx, ctx.tmp / "good", status_header())
 
 
 @recipe
@@ -219,8 +228,8 @@ def status_text(ctx: RecipeContext) -> Path:
 
 @recipe
 def status_newer(ctx: RecipeContext) -> Path:
-    """A status file whose header says format version 2 (a future scmflow wrote it)."""
-    header = {"format": FORMAT, "format_version": 2, "seq": 0, "time": "2026-01-01T00:00:00.000Z",
+    """A status file whose header says format version 3 (a future scmflow wrote it)."""
+    header = {"format": FORMAT, "format_version": 3, "seq": 0, "time": "2026-01-01T00:00:00.000Z",
               "epoch": 1767225600.0, **status_header()}
     payload = msgpack.packb(header, use_bin_type=True)
     frame = msgpack.packb([payload, hashlib.sha256(payload).digest()], use_bin_type=True)
@@ -232,7 +241,7 @@ def status_newer(ctx: RecipeContext) -> Path:
 @recipe
 def status_tampered(ctx: RecipeContext) -> Path:
     """An intact status file with one byte changed in the middle: record 2 says backed_uP."""
-    path = write_status(ctx.tmp / "tampered", status_header())
+    path = write_status(ctx, ctx.tmp / "tampered", status_header())
     data = bytearray(path.read_bytes())
     at = data.index(b"backed_up") + len("backed_u")
     assert 0.2 < at / len(data) < 0.8, "the changed byte should be in the middle of the file"
@@ -242,15 +251,44 @@ def status_tampered(ctx: RecipeContext) -> Path:
 
 
 @recipe
+def status_rewritten(ctx: RecipeContext) -> Path:
+    """An intact, signed status file whose header was rewritten (install user root), every digest
+    and `prev` recomputed, the MACs left as they were: the chain is intact, the MACs are not."""
+    path = write_status(ctx, ctx.tmp / "rewritten", status_header())
+    out, prev = [], b""
+    for seq, frame in enumerate(msgpack.Unpacker(io.BytesIO(path.read_bytes()), raw=False)):
+        record = msgpack.unpackb(frame[0], raw=False)
+        if seq == 0:
+            record["layout"]["install_user"] = "root"
+        else:
+            record["prev"] = prev
+        body = msgpack.packb(record, use_bin_type=True)
+        prev = hashlib.sha256(body).digest()
+        out.append(msgpack.packb([body, prev, frame[2]], use_bin_type=True))
+    path.write_bytes(b"".join(out))
+    return path
+
+
+@recipe
+def status_unsigned(ctx: RecipeContext) -> Path:
+    """An intact status file without MACs (format version 1, as scmflow wrote them before)."""
+    pair = {"host": "127.0.0.1", "service": "gateway"}
+    with Journal.create(ctx.tmp / "unsigned", status_header()) as journal:
+        event = {"kind": "transition", **pair, "trigger": "backup", "src": "pending", "dst": "backed_up"}
+        journal.append(event)
+        return journal.path
+
+
+@recipe
 def status_no_layout(ctx: RecipeContext) -> Path:
     """An intact status file whose header lacks its remote layout."""
-    return write_status(ctx.tmp / "nolayout", status_header(drop=("layout",)))
+    return write_status(ctx, ctx.tmp / "nolayout", status_header(drop=("layout",)))
 
 
 @recipe
 def status_no_plan(ctx: RecipeContext) -> Path:
     """An intact status file whose header lacks its plan."""
-    return write_status(ctx.tmp / "noplan", status_header(drop=("plan",)))
+    return write_status(ctx, ctx.tmp / "noplan", status_header(drop=("plan",)))
 
 
 @recipe

@@ -609,6 +609,14 @@ def test_invalid_install_user(catalog: Catalog) -> None:
     assert_names(err, 3, "InstallUser")
 
 
+def test_root_cannot_be_the_install_user(catalog: Catalog) -> None:
+    # the services and their scripts run as the install user: as root, any file of the
+    # install would be code run as root (an SSH login as root is fine)
+    err = parse_error("[installconfig]\nInstallPath, InstallUser\n/opt, root\n" + HOSTS, catalog)
+    assert_names(err, 3, "InstallUser")
+    assert "'root' cannot be the install user" in str(err)
+
+
 def test_duplicate_host(catalog: Catalog) -> None:
     text = INSTALL + "[host]\nHostName, User\nh1, root\nh2, root\nH1, admin\n"
     err = parse_error(text, catalog)

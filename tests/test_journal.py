@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import os
 import random
 import stat
@@ -16,13 +18,20 @@ import pytest
 
 from scmflow.errors import JournalError, LockError
 from scmflow.journal import (
+    AUTHENTIC,
     FORMAT,
+    FORMAT_VERSION,
+    INVALID,
+    NO_KEY,
+    UNSIGNED,
+    Authenticity,
     Journal,
     TamperedJournal,
     read_journal,
     replay,
     verify_journal,
 )
+from scmflow.statuskey import StatusKey
 
 NOW = datetime(2024, 5, 1, 8, 0, 0)
 PLAN = [
@@ -399,9 +408,9 @@ def test_missing_file_and_directory_are_errors(tmp_path: Path) -> None:
 
 def test_newer_format_is_refused_with_its_version(tmp_path: Path) -> None:
     path = tmp_path / "upgrade_status_x"
-    path.write_bytes(raw_frame({"format": FORMAT, "format_version": 2, "seq": 0}) + b"\x00future")
+    path.write_bytes(raw_frame({"format": FORMAT, "format_version": 3, "seq": 0}) + b"\x00future")
     for reader in (read_journal, verify_journal):
-        newer = r"newer scmflow \(status format version 2; .*up to version 1\)"
+        newer = r"newer scmflow \(status format version 3; .*up to version 2\)"
         with pytest.raises(JournalError, match=newer):
             reader(path)
 
@@ -526,3 +535,209 @@ def test_replay_refuses_a_malformed_plan(tmp_path: Path) -> None:
         path = journal.path
     with pytest.raises(JournalError, match="plan entry 0"):
         replay(read_journal(path))
+
+
+# --- authentication (format version 2) ------------------------------------------------
+
+KEY = StatusKey(bytes(range(32)))
+OTHER_KEY = StatusKey(bytes(range(1, 33)))
+
+
+def keyed_journal(tmp_path: Path, key: StatusKey = KEY) -> Path:
+    """sample_journal, written with a status key."""
+    with Journal.create(tmp_path / "status", header(), now=NOW, clock=Ticker(), key=key) as journal:
+        journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+        run_steps(journal, "h1", "gateway")
+        journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "success"}})
+        return journal.path
+
+
+def frames(path: Path) -> list[list[bytes]]:
+    return list(msgpack.Unpacker(io.BytesIO(path.read_bytes()), raw=False))
+
+
+def rewrite(path: Path, change: Any, *, sign: StatusKey | None = None, version: int | None = None) -> None:
+    """What a forger can do without the key: change payloads, recompute every digest and `prev`.
+
+    MACs are kept as they were, or made with the forger's own `sign` key; `version` 1 drops them.
+    """
+    out, prev = [], b""
+    for seq, frame in enumerate(frames(path)):
+        payload = msgpack.unpackb(frame[0], raw=False)
+        if seq == 0:
+            change(payload)
+            if version is not None:
+                payload["format_version"] = version
+        else:
+            payload["prev"] = prev
+        body = msgpack.packb(payload, use_bin_type=True)
+        prev = hashlib.sha256(body).digest()
+        parts = [body, prev]
+        if version != 1:
+            parts.append(sign.mac(body) if sign else frame[2])
+        out.append(msgpack.packb(parts, use_bin_type=True))
+    path.write_bytes(b"".join(out))
+
+
+def test_a_keyed_journal_is_version_2_with_a_mac_on_every_record(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    contents = read_journal(path, key=KEY)
+    assert contents.header["format_version"] == 2 == FORMAT_VERSION
+    assert contents.header["key_id"] == KEY.key_id and len(KEY.key_id) == 16
+    assert KEY.secret not in path.read_bytes()
+    for frame in frames(path):
+        assert len(frame) == 3
+        assert frame[1] == hashlib.sha256(frame[0]).digest()
+        assert frame[2] == hmac.new(KEY.secret, frame[0], hashlib.sha256).digest()
+    assert contents.authenticity == Authenticity(AUTHENTIC, None, KEY, KEY.key_id)
+    assert contents.authenticity.ok
+    assert "every record's MAC is valid with status key " + KEY.key_id in contents.authenticity.reason
+    result = verify_journal(path, key=KEY)
+    assert result.ok and result.authentic and result.count == 11
+
+
+def test_without_the_key_a_keyed_file_reads_but_is_not_authentic(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    assert read_journal(path).records == read_journal(path, key=KEY).records
+    missing = read_journal(path).authenticity
+    assert (missing.state, missing.ok, missing.file_key_id) == (NO_KEY, False, KEY.key_id)
+    assert missing.reason == (
+        f"there is no status key to check its MACs with (the file names status key {KEY.key_id})"
+    )
+    other = read_journal(path, key=OTHER_KEY).authenticity
+    assert (other.state, other.first_bad_seq) == (INVALID, 0)
+    assert "another control machine's key wrote it, or it was rewritten" in other.reason
+    assert not verify_journal(path, key=OTHER_KEY).authentic and verify_journal(path, key=OTHER_KEY).ok
+
+
+def test_a_version_1_file_is_unauthenticated_whatever_the_key(tmp_path: Path) -> None:
+    path = sample_journal(tmp_path)
+    contents = read_journal(path, key=KEY)
+    assert contents.header["format_version"] == 1 and "key_id" not in contents.header
+    assert all(len(frame) == 2 for frame in frames(path))
+    assert contents.authenticity.state == UNSIGNED and not contents.authenticity.ok
+    assert "version 1, whose records carry no MAC" in contents.authenticity.reason
+
+
+@pytest.mark.parametrize(
+    ("forgery", "state"),
+    [
+        ({}, INVALID),  # the old MACs kept
+        ({"sign": OTHER_KEY}, INVALID),  # MACs of the forger's own key
+        ({"version": 1}, UNSIGNED),  # passed off as an old file without MACs
+    ],
+    ids=["macs-kept", "own-key", "as-version-1"],
+)
+def test_a_rewritten_header_with_a_recomputed_chain_is_not_authentic(
+    tmp_path: Path, forgery: dict[str, Any], state: str
+) -> None:
+    path = keyed_journal(tmp_path)
+    rewrite(path, lambda h: h["hosts"][0].update(user="root", java_home="/tmp/evil"), **forgery)
+
+    result = verify_journal(path, key=KEY)
+    assert result.ok, "the chain alone cannot tell: it was recomputed"
+    assert not result.authentic and result.authenticity.state == state
+    contents = read_journal(path, key=KEY)
+    assert contents.header["hosts"][0]["java_home"] == "/tmp/evil"
+    assert contents.authenticity.state == state
+    if state == INVALID:
+        assert contents.authenticity.first_bad_seq == 0
+        assert "record 0's MAC is not valid" in contents.authenticity.reason
+
+
+def test_a_changed_mac_is_found_and_located(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    data = bytearray(path.read_bytes())
+    _, end = frame_offsets(bytes(data))[4]
+    data[end - 1] ^= 0x01  # the last byte of record 4's MAC
+    path.write_bytes(bytes(data))
+    assert verify_journal(path, key=KEY).ok
+    authenticity = read_journal(path, key=KEY).authenticity
+    assert (authenticity.state, authenticity.first_bad_seq) == (INVALID, 4)
+    assert authenticity.reason.endswith("it was changed after it was written")
+
+
+def test_every_changed_byte_of_a_keyed_file_is_found(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    data = path.read_bytes()
+    for seq, (start, end) in enumerate(frame_offsets(data)):
+        for offset in range(start, end):
+            damaged = bytearray(data)
+            damaged[offset] ^= 0x01
+            path.write_bytes(bytes(damaged))
+            where = f"record {seq}, offset {offset}"
+            try:
+                result = verify_journal(path, key=KEY)
+            except JournalError:
+                assert seq == 0, where  # a header mangled beyond recognition
+                continue
+            assert not result.authentic, where
+            if result.ok:  # only the MAC changed: the chain cannot see it, the key can
+                assert result.authenticity.first_bad_seq == seq, where
+            else:
+                assert (result.first_bad_seq, result.first_bad_offset) == (seq, start), where
+
+
+def test_torn_tail_of_a_keyed_file_leaves_the_rest_authentic(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    data = path.read_bytes()
+    intact = read_journal(path, key=KEY)
+    last_start, last_end = frame_offsets(data)[-1]
+    for cut in range(1, last_end - last_start):
+        path.write_bytes(data[:-cut])
+        contents = read_journal(path, key=KEY)
+        assert contents.torn_tail and contents.torn_offset == last_start, cut
+        assert contents.records == intact.records[:-1]
+        assert contents.authenticity.ok, cut
+        result = verify_journal(path, key=KEY)
+        assert result.torn_tail and not result.ok and result.authenticity.ok
+
+
+def test_a_record_without_a_mac_in_a_version_2_file_is_damage(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    last = read_journal(path).digests[-1]
+    count = read_journal(path).count
+    with path.open("ab") as handle:
+        handle.write(raw_frame({"seq": count, "time": "x", "epoch": 0.0, "prev": last, "kind": "note"}))
+    result = verify_journal(path, key=KEY)
+    assert not result.ok and result.first_bad_seq == count
+    assert "has no MAC" in result.message
+
+
+def test_open_for_append_signs_what_it_appends_and_needs_the_key(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    with pytest.raises(JournalError, match="needs the status key"):
+        Journal.open_for_append(path)
+    with Journal.open_for_append(path, key=KEY) as journal:
+        journal.append({"kind": "note", "detail": "resumed"})
+    contents = read_journal(path, key=KEY)
+    assert contents.authenticity.ok and contents.records[-1]["detail"] == "resumed"
+    # a version 1 file stays one: what is appended carries no MAC either
+    old = sample_journal(tmp_path / "old")
+    with Journal.open_for_append(old, key=KEY) as journal:
+        journal.append({"kind": "note", "detail": "resumed"})
+    assert all(len(frame) == 2 for frame in frames(old))
+    assert verify_journal(old).ok
+
+
+def test_open_for_append_checks_before_it_repairs_anything(tmp_path: Path) -> None:
+    path = keyed_journal(tmp_path)
+    path.write_bytes(path.read_bytes()[:-9])  # a torn tail, which opening would cut off
+    torn = path.read_bytes()
+    seen: list[Authenticity] = []
+
+    def refuse(contents: Any) -> None:
+        seen.append(contents.authenticity)
+        raise JournalError("refused")
+
+    with pytest.raises(JournalError, match="refused"):
+        Journal.open_for_append(path, key=OTHER_KEY, check=refuse)
+    assert path.read_bytes() == torn
+    assert seen[0].state == INVALID
+    with Journal.open_for_append(path, key=KEY):  # the lock was released
+        pass
+
+
+def test_key_id_is_set_by_the_journal_only(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="key_id"):
+        Journal.create(tmp_path, header(key_id="0123456789abcdef"), now=NOW, key=KEY)

@@ -10,6 +10,7 @@ logins would have been made, or that none was.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from click.testing import CliRunner, Result
 
@@ -24,9 +26,10 @@ from scmflow import operate
 from scmflow.catalog import load_catalog
 from scmflow.cli import ClusterOptions, Printer, main
 from scmflow.errors import ScmflowError
-from scmflow.journal import Journal
+from scmflow.journal import Journal, read_journal
 from scmflow.remote import SSHTarget
-from scmflow.upgrade import HostEntry, open_run
+from scmflow.statuskey import StatusKey, key_path, load_or_create_key
+from scmflow.upgrade import HostEntry, StatusTrust, open_run
 
 CATALOG = load_catalog()
 SECRET = "Zq-s3cr3t-pw-literal"
@@ -90,8 +93,16 @@ def cfg(tmp_path: Path) -> Path:
     return path
 
 
+def operator_key() -> StatusKey:
+    """The status key of the operator (HOME is the test's), as the cluster command finds it."""
+    return load_or_create_key(key_path())
+
+
 def write_status(directory: Path, config: Path | None) -> Path:
-    """A status file of an upgrade that verified gateway on every host, with its config record."""
+    """A status file of an upgrade that verified gateway on every host, with its config record.
+
+    Signed with the operator's status key, as an upgrade on this machine signs it.
+    """
     header: dict[str, Any] = {
         "run_id": "run-1",
         "layout": {
@@ -119,7 +130,7 @@ def write_status(directory: Path, config: Path | None) -> Path:
     if config is not None:
         # the record as docs/status-file.md defines it
         header["config"] = {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
-    journal = Journal.create(directory, header)
+    journal = Journal.create(directory, header, key=operator_key())
     for host in HOSTS:
         journal.append(
             {"kind": "transition", "host": host, "service": "gateway", "trigger": "verify",
@@ -273,7 +284,7 @@ def test_resume_without_config_stops_before_the_question_when_the_config_changed
     logins: Logins, cfg: Path, tmp_path: Path
 ) -> None:
     status = write_status(tmp_path / "status", cfg)
-    with Journal.open_for_append(status) as journal:
+    with Journal.open_for_append(status, key=operator_key()) as journal:
         journal.append(
             {"kind": "fail", "host": "scm-a", "service": "gateway", "trigger": "verify",
              "src": "restarted", "dst": "failed", "detail": "node did not answer"}
@@ -339,7 +350,7 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
 
     monkeypatch.setattr(sys, "stdin", Terminal())
     monkeypatch.setattr(operate, "_ask_password", ask)
-    state = open_run(status)
+    state = open_run(status, trust=StatusTrust(operator_key()))
     try:
         endpoints = operate._status_endpoints(state, options(status), CATALOG, Printer(), list(HOSTS))
     finally:
@@ -358,7 +369,7 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
     ) in out.splitlines()
 
     # --unattended asks nothing, even on a terminal
-    state = open_run(status)
+    state = open_run(status, trust=StatusTrust(operator_key()))
     try:
         unattended = options(status, unattended=True)
         with pytest.raises(ScmflowError, match=r"cannot be asked \(--unattended\)") as info:
@@ -367,3 +378,166 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
         state.journal.close()
     assert info.value.exit_code == 2
     assert asked == ["scmops"]
+
+
+# -- authenticity: refused before any login ----------------------------------------------------
+
+
+def forge(status: Path, change: Any, *, drop_macs: bool = False) -> None:
+    """Rewrite the header and recompute every digest and `prev`, as anyone without the key can.
+
+    The MACs stay as they were, or are dropped with the header saying format version 1.
+    """
+    out, prev = [], b""
+    for seq, frame in enumerate(msgpack.Unpacker(io.BytesIO(status.read_bytes()), raw=False)):
+        record = msgpack.unpackb(frame[0], raw=False)
+        if seq == 0:
+            change(record)
+            if drop_macs:
+                record["format_version"] = 1
+                record.pop("key_id", None)
+        else:
+            record["prev"] = prev
+        body = msgpack.packb(record, use_bin_type=True)
+        prev = hashlib.sha256(body).digest()
+        out.append(msgpack.packb([body, prev, *([] if drop_macs else frame[2:])], use_bin_type=True))
+    status.write_bytes(b"".join(out))
+
+
+def as_root(header: dict[str, Any]) -> None:
+    header["layout"]["install_user"] = "root"
+
+
+def resume(status: Path, *extra: str, stdin: str | None = None) -> Result:
+    args = ["cluster", "--upgrade", "--upgrade-status-path", str(status), "--status-dir", "sd", *extra]
+    return CliRunner().invoke(main, args, input=stdin)
+
+
+@pytest.mark.parametrize("run", [rollback, resume], ids=["rollback", "resume"])
+def test_a_rewritten_status_file_is_refused_before_any_login(
+    logins: Logins, cfg: Path, tmp_path: Path, run: Any
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    forge(status, as_root)
+    forged = status.read_bytes()
+
+    result = run(status, "--unattended")
+
+    assert result.exit_code == 2, result.output + result.stderr
+    assert errors(result) == [
+        f"[ERROR] status file {status} is not authentic: record 0's MAC is not valid with status key "
+        f"{operator_key().key_id} ({key_path()}): it was changed after it was written; nothing was done "
+        "(to use it anyway, check it and pass --trust-status-file)"
+    ]
+    assert logins.calls == []
+    assert status.read_bytes() == forged, "not even a note is appended"
+    assert result.stdout == ""
+
+
+def test_a_status_file_from_another_machine_names_the_key_to_give(
+    logins: Logins, cfg: Path, tmp_path: Path
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    theirs = operator_key()
+    key_path().rename(tmp_path / "ctl1.key")  # this machine has no key (or another one)
+
+    result = rollback(status, "--unattended")
+
+    assert result.exit_code == 2 and logins.calls == []
+    (line,) = errors(result)
+    assert f"no status key to check its MACs with (the file names status key {theirs.key_id}); " in line
+    assert f"there is none at {key_path()} (--status-key FILE gives the key" in line
+    assert not key_path().exists(), "a refusal makes no key"
+    result = rollback(status, "--unattended", "--status-key", str(tmp_path / "ctl1.key"))
+    assert result.exit_code == 9 and logins.calls == [EXPECTED]
+
+
+def test_trusting_an_unsigned_file_shows_what_it_names_then_proceeds(
+    logins: Logins, cfg: Path, tmp_path: Path
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    forge(status, lambda header: None, drop_macs=True)  # as an older scmflow wrote it
+
+    result = rollback(status, "--unattended", "--trust-status-file")
+
+    assert result.exit_code == 9, result.output + result.stderr
+    assert logins.calls == [EXPECTED]
+    shown = [line for line in result.stderr.splitlines() if line.startswith("[WARN ]")]
+    assert shown[0] == (
+        f"[WARN ] status file {status} is not authentic: it is in status format version 1, whose "
+        "records carry no MAC; --trust-status-file uses it anyway. It names:"
+    )
+    assert shown[1:] == [
+        "[WARN ]     host        scm-a:22 as scmops, JAVA_HOME (from /etc/profile)",
+        "[WARN ]     host        scm-b:22 as scmops, JAVA_HOME (from /etc/profile)",
+        "[WARN ]     host        scm-c:22 as root, JAVA_HOME (from /etc/profile)",
+        "[WARN ]     install     /opt/sequoiacm, run as scmadmin (directories made by root)",
+        "[WARN ]     upgrade dir /opt/upgrade/sequoiacm/upgrade-s",
+        "[WARN ]     backup dir  /opt/backup/sequoiacm/backup-s",
+        "[WARN ]     release     3.2.2 from /nonexistent-release",
+        f"[WARN ]     config      {cfg}",
+    ]
+    assert "Whether to use this status file?" not in result.output
+
+
+@pytest.mark.parametrize(("answer", "code"), [("n\n", 0), ("y\n", 9)])
+def test_trusting_asks_on_stderr_unless_unattended(
+    logins: Logins, cfg: Path, tmp_path: Path, answer: str, code: int
+) -> None:
+    status = write_status(tmp_path / "status", cfg)
+    forge(status, lambda header: None, drop_macs=True)
+
+    result = rollback(status, "--trust-status-file", stdin=answer)
+
+    assert result.exit_code == code, result.output + result.stderr
+    assert "[INFO ] Whether to use this status file?\nPlease enter (y/n) confirm:" in result.stderr
+    assert "Please enter" not in result.stdout
+    if code == 0:
+        assert logins.calls == []
+        assert result.stderr.endswith("[INFO ] The status file was not used, nothing was changed\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (as_root, "layout.install_user: 'root' cannot be the install user"),
+        (lambda h: h["layout"].update(backup_dir="/etc/backup-s"), "layout.backup_dir: '/etc' is a system"),
+        (lambda h: h["layout"].update(upgrade_dir="/"), "layout.upgrade_dir: '/' is not a run's directory"),
+        (
+            lambda h: h["layout"].update(install_path="/opt/../sequoiacm"),
+            "layout.install_path: '/opt/../sequoiacm' must not contain '..'",
+        ),
+        (
+            lambda h: h["hosts"][0].update(name="$(touch /tmp/x)"),
+            "hosts[0].name: '$(touch /tmp/x)' is not a host name or address",
+        ),
+        (lambda h: h["hosts"][1].update(java_home="/opt/jdk\n"), "hosts[1].java_home: path contains a"),
+        (lambda h: h["hosts"][2].update(user="-oProxyCommand=x"), "hosts[2].user: '-oProxyCommand=x' is not"),
+        (lambda h: h["plan"][0].update(host="h\x1b[2J"), "plan[0].host: 'h\\x1b[2J' is not a host name"),
+        (lambda h: h["hosts"][0].update(name="a\nb"), "hosts[0].name: 'a\\nb' is not a host name"),
+    ],
+    ids=["root", "system-dir", "root-dir", "dotdot", "host", "control-char", "user", "plan-host", "newline"],
+)
+def test_header_values_pass_the_config_validators_whatever_the_mac_says(
+    logins: Logins, cfg: Path, tmp_path: Path, change: Any, message: str
+) -> None:
+    signed = write_status(tmp_path / "signed", cfg)
+    # authentic, and unsafe: written with the key itself
+    header = {k: v for k, v in read_journal(signed).header.items() if k != "key_id"}
+    change(header)
+    authentic = Journal.create(
+        tmp_path / "authentic",
+        {k: v for k, v in header.items() if k not in ("format", "format_version", "seq", "time", "epoch")},
+        key=operator_key(),
+    )
+    authentic.close()
+    # not authentic, trusted by the operator
+    forge(signed, change)
+
+    for status, extra in ((authentic.path, ()), (signed, ("--trust-status-file",))):
+        result = rollback(status, "--unattended", *extra)
+        assert result.exit_code == 2, result.output + result.stderr
+        (line,) = errors(result)
+        assert line.startswith(f"[ERROR] {status} names an unsafe ") and message in line, line
+        assert logins.calls == []
+        assert "[WARN ]" not in result.stderr, "nothing of an unvalidated header is shown"

@@ -228,6 +228,59 @@ def test_proxy_command_is_refused_not_bypassed(tmp_path: Path) -> None:
     assert resolve_target(_config(tmp_path, "Host db1\n  ProxyCommand none\n"), "db1").via is None
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        'Match exec "touch {marker}"',
+        "Match host db1 exec 'touch {marker}'",
+        'Match !exec "touch {marker}"',
+        'Match originalhost * EXEC "touch {marker}"',
+        'match=exec "touch {marker}"',
+        '  Match final exec "test %h = x || touch {marker}"',
+    ],
+)
+def test_match_exec_is_refused_when_loaded_and_never_run(tmp_path: Path, line: str) -> None:
+    marker = tmp_path / "ran"
+    text = f"Host db1\n  HostName 10.9.0.1\n\n{line.format(marker=marker)}\n  User ops\n"
+    with pytest.raises(ConfigError) as info:
+        config = _config(tmp_path, text)
+        resolve_target(config, "db1")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'config'}:4: Match exec runs a command, and scmflow never runs")
+    assert "\n" not in message and info.value.exit_code == 2
+    assert not marker.exists()
+
+
+def test_match_exec_in_an_included_or_system_file_is_refused_too(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "corp.conf").write_text(f'# corporate\nMatch exec "touch {marker}"\n')
+    with pytest.raises(ConfigError, match=r"conf\.d/corp\.conf:2: Match exec runs a command"):
+        _config(tmp_path, "Host db1\n  Include conf.d/*.conf\n")
+    with pytest.raises(ConfigError, match=r"ssh_config:1: Match exec runs a command"):
+        _config(tmp_path, "Host db1\n", system=f'Match exec "touch {marker}"\n')
+    assert not marker.exists()
+
+
+def test_only_the_exec_criterion_is_refused(tmp_path: Path) -> None:
+    # a host pattern or user named "exec" is not the exec criterion
+    text = "Match host exec user exec\n  Port 2200\nMatch all\n  User ops\n"
+    config = _config(tmp_path, text)
+    assert resolve_target(config, "exec").port == 22  # the local user is not "exec"
+    assert resolve_target(config, "db1").user == "ops"
+    marker = tmp_path / "ran"
+    with pytest.raises(ConfigError, match=r"config:5: Match exec runs a command"):
+        _config(tmp_path, f'{text}Match user exec exec "touch {marker}"\n')
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["$(touch x)", "db1;id", "-oProxyCommand=x", "a b", "h\x1b[2J", ""])
+def test_a_host_name_that_is_no_name_never_reaches_ssh_config(tmp_path: Path, name: str) -> None:
+    config = _config(tmp_path, "Host *\n  IdentityFile ~/.ssh/%h.key\n")
+    with pytest.raises(ConfigError, match="is not a host name or address|host name is empty"):
+        resolve_target(config, name)
+
+
 def test_target_repr_shows_the_route_but_never_the_password() -> None:
     bastion = SSHTarget("gate", user="ops")
     target = SSHTarget("db1", port=22, user="root", password="s3cret!", address="10.9.0.1", via=bastion)

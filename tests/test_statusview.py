@@ -13,6 +13,7 @@ import pytest
 from scmflow.errors import CatalogError
 from scmflow.journal import Journal, read_journal
 from scmflow.resources import states_file
+from scmflow.statuskey import StatusKey
 from scmflow.statusview import (
     EXPORT_SCHEMA,
     export_json,
@@ -21,6 +22,7 @@ from scmflow.statusview import (
     render_diagram,
     render_list,
     render_show,
+    trusted_values,
 )
 
 START = datetime(2024, 5, 1, 8, 0, 0)
@@ -395,3 +397,53 @@ def test_show_reads_the_scheduler_layout_record_and_packages_by_service(tmp_path
     assert "  Remote    pack /opt/upgrade/sequoiacm/upgrade-x, backup /opt/backup/sequoiacm/backup-x" in lines
     assert "            sequoiacm-cloud-3.2.2-release.tar.gz sha256" in lines
     assert "            " + "cd" * 32 in lines
+
+
+def test_show_and_export_say_whether_the_file_is_authentic(tmp_path: Path) -> None:
+    key = StatusKey.generate(tmp_path / "status.key")
+    with Journal.create(tmp_path / "signed", header(), now=START, key=key) as journal:
+        run(journal, "upgrade", "started")
+    signed = journal.path
+    with Journal.create(tmp_path / "unsigned", header(), now=START) as journal:
+        run(journal, "upgrade", "started")
+    unsigned = journal.path
+
+    def authentic_line(path: Path, with_key: StatusKey | None) -> str:
+        text = render_show(read_journal(path, key=with_key), width=400, key_path=tmp_path / "status.key")
+        return next(line for line in text.splitlines() if line.startswith("  Authentic "))
+
+    assert authentic_line(signed, key) == (
+        f"  Authentic yes, every record's MAC is valid with status key {key.key_id} "
+        f"({tmp_path / 'status.key'})"
+    )
+    assert authentic_line(signed, None) == (
+        f"  Authentic unknown, there is no status key to check its MACs with (the file names status key "
+        f"{key.key_id}); there is none at {tmp_path / 'status.key'} (--status-key FILE gives the key of the "
+        "machine that wrote it)"
+    )
+    assert authentic_line(signed, StatusKey.generate()).startswith(
+        "  Authentic NO, record 0's MAC is not valid with status key "
+    )
+    assert authentic_line(unsigned, key) == (
+        "  Authentic unknown, it is in status format version 1, whose records carry no MAC"
+    )
+    exported = export_json(read_journal(signed, key=key))["authenticity"]
+    assert (exported["authentic"], exported["state"], exported["key_id"]) == (True, "authentic", key.key_id)
+    exported = export_json(read_journal(unsigned))["authenticity"]
+    assert (exported["authentic"], exported["state"], exported["file_key_id"]) == (False, "unsigned", None)
+
+
+def test_trusted_values_name_every_host_user_and_path() -> None:
+    layout = {"install_path": "/opt/sequoiacm", "install_user": "scmadmin", "admin_user": "root",
+              "upgrade_dir": "/opt/upgrade/sequoiacm/upgrade-s",
+              "backup_dir": "/opt/backup/sequoiacm/backup-s"}
+    lines = trusted_values({**header(), "layout": layout})
+    assert lines == [
+        "host        scmServer-a:22 as root, JAVA_HOME /opt/jdk",
+        "host        scmServer-b:2222 as root, JAVA_HOME (from /etc/profile)",
+        "install     /opt/sequoiacm, run as scmadmin (directories made by root)",
+        "upgrade dir /opt/upgrade/sequoiacm/upgrade-s",
+        "backup dir  /opt/backup/sequoiacm/backup-s",
+        "release     3.2.2 from None",
+        "config      none recorded",
+    ]

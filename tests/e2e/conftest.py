@@ -15,6 +15,7 @@ _CHECKOUT = str(Path(__file__).resolve().parents[2])
 if _CHECKOUT not in sys.path:
     sys.path.insert(0, _CHECKOUT)
 
+from tests.e2e.sandbox_cluster import STANDARD_PORTS, Scenario, standard_topology  # noqa: E402
 from tests.hosts import TestCluster, missing_prerequisite, start_cluster  # noqa: E402
 
 ClusterFactory = Callable[[int], TestCluster]
@@ -58,3 +59,20 @@ def cluster2(host_cluster_factory: ClusterFactory) -> TestCluster:
 def cluster3(host_cluster_factory: ClusterFactory) -> TestCluster:
     """Three running test hosts shared by the whole session."""
     return host_cluster_factory(3)
+
+
+@pytest.fixture
+def standard_scenario(
+    cluster2: TestCluster, releases: dict[str, Path], tmp_path: Path
+) -> Iterator[Scenario]:
+    """Both hosts of cluster2 with the standard 3.1.2 install running, and a config for them."""
+    s = Scenario(cluster=cluster2, releases=releases, work=tmp_path)
+    cluster2.home(s.home)
+    s.cleanup()
+    for host in cluster2.hosts:
+        s.install(host, "3.1.2", standard_topology(STANDARD_PORTS))
+    s.config()
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -196,9 +196,13 @@ def run_and_kill(s: Scenario, point: KillPoint, *, timeout: float = 300.0) -> Ki
 
 
 def add_torn_tail(status: Path) -> None:
-    """Append the first half of a record, as a crash in the middle of a write leaves it."""
+    """Append the first half of a record, as a crash in the middle of a write leaves it.
+
+    Format 2 frames are [payload, sha256, mac]; the mac's bytes do not matter, half of
+    the frame is cut off anyway.
+    """
     payload = msgpack.packb({"seq": read_journal(status).count, "kind": "note", "detail": {"x": "y" * 40}})
-    frame = msgpack.packb([payload, hashlib.sha256(payload).digest()])
+    frame = msgpack.packb([payload, hashlib.sha256(payload).digest(), bytes(32)])
     with status.open("ab") as handle:
         handle.write(frame[: len(frame) // 2])
 

@@ -8,14 +8,10 @@ Outcomes are judged from outside: tree digests and each node's health over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from scmflow import sandbox
-from tests.e2e.sandbox_cluster import STANDARD_PORTS, Scenario, outer_install, standard_topology
-from tests.hosts import TestCluster
+from tests.e2e.sandbox_cluster import Scenario, outer_install
 
 pytestmark = pytest.mark.e2e
 
@@ -23,17 +19,8 @@ OLD, NEW = "3.1.2", "3.2.2"
 
 
 @pytest.fixture
-def scenario(cluster2: TestCluster, releases: dict[str, Path], tmp_path: Path) -> Iterator[Scenario]:
-    s = Scenario(cluster=cluster2, releases=releases, work=tmp_path)
-    cluster2.home(s.home)
-    s.cleanup()
-    for host in cluster2.hosts:
-        s.install(host, OLD, standard_topology(STANDARD_PORTS))
-    s.config()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+def scenario(standard_scenario: Scenario) -> Scenario:
+    return standard_scenario
 
 
 def test_a_ctl_whose_jvm_cannot_start_fails_the_check_and_changes_nothing(scenario: Scenario) -> None:

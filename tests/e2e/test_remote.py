@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -322,36 +323,54 @@ def test_arguments_reach_the_program_unchanged(cluster3: TestCluster, tmp_path: 
     assert host.exec(["test", "-e", marker], check=False).returncode == 1
 
 
+def _scratch(host: TestHost) -> tuple[str, Path]:
+    """A fresh dir the install user owns on the host (inside and outside path); the pack and
+    backup bases are root's, so files the install user sends go here."""
+    name = f"scratch-{uuid.uuid4().hex}"
+    outside = host.opt_dirs["/opt/sequoiacm"] / name
+    outside.mkdir()
+    shutil.chown(outside, "scmadmin", "scmadmin")
+    return f"/opt/sequoiacm/{name}", outside
+
+
 def test_put_sends_and_verifies(cluster3: TestCluster, tmp_path: Path) -> None:
     host = cluster3.hosts[1]
+    inside, outside = _scratch(host)
     local = tmp_path / "package.tar.gz"
     local.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     local.chmod(0o640)
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
     seen: list[tuple[int, int]] = []
-    with _as_admin(cluster3, host, tmp_path) as session:
-        session.put(
-            local, "/opt/upgrade/package.tar.gz", sha256=digest, progress=lambda s, t: seen.append((s, t))
-        )
-        with pytest.raises(RemoteError, match="checksum mismatch for /opt/upgrade/bad.tar.gz"):
-            session.put(local, "/opt/upgrade/bad.tar.gz", sha256="0" * 64)
-        with pytest.raises(RemoteError, match="cannot write /opt/no-such-dir/x"):
-            session.put(local, "/opt/no-such-dir/x")
-    assert seen[-1] == (local.stat().st_size, local.stat().st_size)
-    remote = host.exec(["stat", "-c", "%a %U", "/opt/upgrade/package.tar.gz"]).stdout.split()
-    assert remote == ["640", "scmadmin"]
-    assert host.exec(["sha256sum", "/opt/upgrade/package.tar.gz"]).stdout.split()[0] == digest
-    assert host.opt_dirs["/opt/upgrade"].joinpath("package.tar.gz").read_bytes() == local.read_bytes()
-    leftovers = host.exec(["ls", "-A", "/opt/upgrade"]).stdout.split()
-    assert leftovers == ["package.tar.gz"]
+    try:
+        with _as_admin(cluster3, host, tmp_path) as session:
+            session.put(
+                local, f"{inside}/package.tar.gz", sha256=digest, progress=lambda s, t: seen.append((s, t))
+            )
+            with pytest.raises(RemoteError, match=f"checksum mismatch for {inside}/bad.tar.gz"):
+                session.put(local, f"{inside}/bad.tar.gz", sha256="0" * 64)
+            with pytest.raises(RemoteError, match="cannot write /opt/no-such-dir/x"):
+                session.put(local, "/opt/no-such-dir/x")
+        assert seen[-1] == (local.stat().st_size, local.stat().st_size)
+        remote = host.exec(["stat", "-c", "%a %U", f"{inside}/package.tar.gz"]).stdout.split()
+        assert remote == ["640", "scmadmin"]
+        assert host.exec(["sha256sum", f"{inside}/package.tar.gz"]).stdout.split()[0] == digest
+        assert (outside / "package.tar.gz").read_bytes() == local.read_bytes()
+        leftovers = host.exec(["ls", "-A", inside]).stdout.split()
+        assert leftovers == ["package.tar.gz"]
+    finally:
+        shutil.rmtree(outside)
 
 
 def test_one_connection_serves_fifty_commands(cluster3: TestCluster, tmp_path: Path) -> None:
     host = cluster3.hosts[2]
+    inside, outside = _scratch(host)
     before = host.accepted_connections()
-    with _as_admin(cluster3, host, tmp_path) as session:
-        outputs = [session.run(["echo", str(i)]).stdout for i in range(50)]
-        session.put(Path(__file__), "/opt/upgrade/copied.py")
+    try:
+        with _as_admin(cluster3, host, tmp_path) as session:
+            outputs = [session.run(["echo", str(i)]).stdout for i in range(50)]
+            session.put(Path(__file__), f"{inside}/copied.py")
+    finally:
+        shutil.rmtree(outside)
     assert outputs == [f"{i}\n" for i in range(50)]
     assert host.accepted_connections() - before == 1
 

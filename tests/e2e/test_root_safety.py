@@ -11,14 +11,12 @@ from __future__ import annotations
 import datetime
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from scmflow.upgrade import STAMP_FORMAT
-from tests.e2e.sandbox_cluster import STANDARD_PORTS, Scenario, standard_topology
-from tests.hosts import INSTALL_USER, TestCluster
+from tests.e2e.sandbox_cluster import Scenario
+from tests.hosts import INSTALL_USER
 
 pytestmark = pytest.mark.e2e
 
@@ -28,17 +26,8 @@ PLANTED = 120
 
 
 @pytest.fixture
-def scenario(cluster2: TestCluster, releases: dict[str, Path], tmp_path: Path) -> Iterator[Scenario]:
-    s = Scenario(cluster=cluster2, releases=releases, work=tmp_path)
-    cluster2.home(s.home)
-    s.cleanup()
-    for host in cluster2.hosts:
-        s.install(host, OLD, standard_topology(STANDARD_PORTS))
-    s.config()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+def scenario(standard_scenario: Scenario) -> Scenario:
+    return standard_scenario
 
 
 def test_links_planted_by_the_install_user_in_the_backup_base_are_refused(scenario: Scenario) -> None:

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 SERVICES = ("service-center", "gateway", "content-server", "daemon")
 PACKAGES = ("sequoiacm-cloud", "sequoiacm-content", "daemon")  # what SERVICES ship in
 PASSWORD = "Audit-Pw-7319"  # in upgrade.cfg; must never reach a status file
-FAULT_STDERR = "ERROR: failed to start CONTENT_SERVER(15000): injected start failure"
+FAULT_STDERR = "ERROR: failed to start CONTENT-SERVER(15000): injected start failure"
 SECRET_WORDS = ("password", "passwd", "secret", "token")
 OUTCOMES = ("success", "partially rolled back", "rolled back", "failed", "interrupted")
 WIDTH = 100
@@ -259,12 +259,26 @@ def one_error(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def record_count(h: History, path: Path) -> int:
-    """N of `status verify`'s `OK: N records, chain intact`."""
+    """N of `status verify`'s `chain: intact, N records`; the file must be authentic too."""
     done = status(h, "verify", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    match = re.fullmatch(r"OK: (\d+) records, chain intact\n", done.stdout)
+    match = re.fullmatch(
+        r"chain:     intact, (\d+) records\n"
+        r"authentic: yes, every record's MAC is valid with status key [0-9a-f]{16} \(.+\)\n",
+        done.stdout,
+    )
     assert match, done.stdout
     return int(match[1])
+
+
+def verify_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The single `[ERROR]` line of a `status verify` that failed (after its two fact lines)."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["chain", "authentic"]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[ERROR] "), done.stderr
+    return lines[0]
 
 
 def frame_starts(data: bytes) -> list[int]:
@@ -432,7 +446,7 @@ def test_killed_run_and_a_torn_copy_are_rendered_with_the_tear_reported(
     assert warning.startswith(f"the last record (seq {last}, byte offset {starts[last]},")
     assert "left by an interrupted write; it was ignored" in warning
     assert timeline(text)[-1][1] == last - 1
-    error = one_error(status(history, "verify", str(torn)))
+    error = verify_error(status(history, "verify", str(torn)))
     assert f"{last} records intact; the last record (seq {last}, byte offset {starts[last]})" in error
     assert "is incomplete, left by an interrupted write" in error
     exported = json.loads(status(history, "export", str(torn)).stdout)
@@ -456,7 +470,8 @@ def test_export_is_the_documented_json_without_secrets(history: History) -> None
         assert document["outcome"] == outcome
         assert document["torn_tail"] is False and document["problems"] == []
         header = document["header"]
-        assert header["format"] == "scmflow-status" and header["format_version"] == 1
+        assert header["format"] == "scmflow-status" and header["format_version"] == 2
+        assert document["authenticity"]["authentic"] is True
         assert header["operator"] == getpass.getuser()
         assert header["control_host"] == socket.gethostname()
         assert header["argv"] == [str(SCM), *history.argv]
@@ -491,10 +506,21 @@ def test_verify_names_the_first_bad_record_of_a_flipped_byte(history: History, t
     middle = len(data) // 2
     starts = frame_starts(bytes(data))
     seq = max(i for i, start in enumerate(starts) if start <= middle)
+    trailer = starts[seq + 1] - 2 * (2 + 32)  # where the record's digest and MAC begin
+    if middle >= trailer:
+        middle = starts[seq] + 8  # a byte of the record itself, not of its digest or MAC
+    # a changed MAC leaves the chain intact: only the key can tell
+    mac_changed = bytearray(data)
+    mac_changed[starts[seq + 1] - 1] ^= 0x01
+    copy = tmp_path / "mac" / original.name
+    copy.parent.mkdir()
+    copy.write_bytes(bytes(mac_changed))
+    error = verify_error(status(history, "verify", str(copy)))
+    assert error.startswith(f"[ERROR] {copy} is not authentic: record {seq}'s MAC is not valid with ")
     data[middle] ^= 0x01
     copy = tmp_path / original.name
     copy.write_bytes(bytes(data))
-    error = one_error(status(history, "verify", str(copy)))
+    error = verify_error(status(history, "verify", str(copy)))
     assert error.startswith(f"[ERROR] {copy} is damaged or was tampered with: record {seq} ")
     assert f"(byte offset {starts[seq]})" in error
     for command in ("show", "export"):
@@ -535,9 +561,9 @@ def test_newer_format_and_non_status_files_are_refused_with_one_error(
     original = history.files["success"]
     data = original.read_bytes()
     starts = frame_starts(data)
-    payload, _digest = msgpack.unpackb(data[: starts[1]], raw=False)
+    payload = msgpack.unpackb(data[: starts[1]], raw=False)[0]
     header = msgpack.unpackb(payload, raw=False)
-    header["format_version"] = 2
+    header["format_version"] = 3
     _, frame = _encode(header)
     newer = tmp_path / f"{FILE_PREFIX}2030-01-01-00:00:00"
     newer.write_bytes(frame + data[starts[1] :])
@@ -548,8 +574,8 @@ def test_newer_format_and_non_status_files_are_refused_with_one_error(
 
     for command in ("show", "verify", "export"):
         assert one_error(status(history, command, str(newer))) == (
-            f"[ERROR] {newer} was written by a newer scmflow (status format version 2; "
-            "this scmflow reads up to version 1)"
+            f"[ERROR] {newer} was written by a newer scmflow (status format version 3; "
+            "this scmflow reads up to version 2)"
         )
         assert one_error(status(history, command, str(alien))) == (
             f"[ERROR] {alien} is not an scmflow upgrade status file"
@@ -562,5 +588,5 @@ def test_newer_format_and_non_status_files_are_refused_with_one_error(
     lines = listed.stdout.rstrip("\n").splitlines()
     assert len(lines) == 2
     assert all(line[21:42].rstrip() == "unreadable" for line in lines)
-    assert "newer scmflow (status format version 2" in lines[1]
+    assert "newer scmflow (status format version 3" in lines[1]
     assert "is not an scmflow upgrade status file" in lines[0]
