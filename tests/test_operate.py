@@ -10,7 +10,6 @@ logins would have been made, or that none was.
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 from click.testing import CliRunner, Result
 
@@ -30,6 +28,7 @@ from scmflow.journal import Journal, read_journal
 from scmflow.remote import SSHTarget
 from scmflow.statuskey import StatusKey, key_path, load_or_create_key
 from scmflow.upgrade import HostEntry, StatusTrust, open_run
+from tests.forgery import forge
 
 CATALOG = load_catalog()
 SECRET = "Zq-s3cr3t-pw-literal"
@@ -383,27 +382,6 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
 # -- authenticity: refused before any login ----------------------------------------------------
 
 
-def forge(status: Path, change: Any, *, drop_macs: bool = False) -> None:
-    """Rewrite the header and recompute every digest and `prev`, as anyone without the key can.
-
-    The MACs stay as they were, or are dropped with the header saying format version 1.
-    """
-    out, prev = [], b""
-    for seq, frame in enumerate(msgpack.Unpacker(io.BytesIO(status.read_bytes()), raw=False)):
-        record = msgpack.unpackb(frame[0], raw=False)
-        if seq == 0:
-            change(record)
-            if drop_macs:
-                record["format_version"] = 1
-                record.pop("key_id", None)
-        else:
-            record["prev"] = prev
-        body = msgpack.packb(record, use_bin_type=True)
-        prev = hashlib.sha256(body).digest()
-        out.append(msgpack.packb([body, prev, *([] if drop_macs else frame[2:])], use_bin_type=True))
-    status.write_bytes(b"".join(out))
-
-
 def as_root(header: dict[str, Any]) -> None:
     header["layout"]["install_user"] = "root"
 
@@ -418,7 +396,7 @@ def test_a_rewritten_status_file_is_refused_before_any_login(
     logins: Logins, cfg: Path, tmp_path: Path, run: Any
 ) -> None:
     status = write_status(tmp_path / "status", cfg)
-    forge(status, as_root)
+    forge(status, status, as_root)
     forged = status.read_bytes()
 
     result = run(status, "--unattended")
@@ -456,7 +434,7 @@ def test_trusting_an_unsigned_file_shows_what_it_names_then_proceeds(
     logins: Logins, cfg: Path, tmp_path: Path
 ) -> None:
     status = write_status(tmp_path / "status", cfg)
-    forge(status, lambda header: None, drop_macs=True)  # as an older scmflow wrote it
+    forge(status, status, lambda header: None, unsigned=True)  # as an older scmflow wrote it
 
     result = rollback(status, "--unattended", "--trust-status-file")
 
@@ -485,7 +463,7 @@ def test_trusting_asks_on_stderr_unless_unattended(
     logins: Logins, cfg: Path, tmp_path: Path, answer: str, code: int
 ) -> None:
     status = write_status(tmp_path / "status", cfg)
-    forge(status, lambda header: None, drop_macs=True)
+    forge(status, status, lambda header: None, unsigned=True)
 
     result = rollback(status, "--trust-status-file", stdin=answer)
 
@@ -532,7 +510,7 @@ def test_header_values_pass_the_config_validators_whatever_the_mac_says(
     )
     authentic.close()
     # not authentic, trusted by the operator
-    forge(signed, change)
+    forge(signed, signed, change)
 
     for status, extra in ((authentic.path, ()), (signed, ("--trust-status-file",))):
         result = rollback(status, "--unattended", *extra)

@@ -10,13 +10,6 @@ version 1 (no MACs, as an older scmflow wrote it) is refused too, and rolled bac
 
 from __future__ import annotations
 
-import hashlib
-import io
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import msgpack
 import pytest
 
 from tests.e2e.sandbox_cluster import Scenario
@@ -28,33 +21,9 @@ from tests.e2e.test_rollback import (
     small,  # noqa: F401 (the fixture)
     upgrade_ok,
 )
+from tests.forgery import forge
 
 pytestmark = pytest.mark.e2e
-
-
-def forge(
-    source: Path, target: Path, change: Callable[[dict[str, Any]], None], *, unsigned: bool = False
-) -> None:
-    """Copy a status file with its header changed and the chain recomputed, as anyone can.
-
-    The MACs are kept as they were (nobody without the key can make new ones), or, with
-    `unsigned`, dropped and the header made format version 1.
-    """
-    out, prev = [], b""
-    for seq, frame in enumerate(msgpack.Unpacker(io.BytesIO(source.read_bytes()), raw=False)):
-        record = msgpack.unpackb(frame[0], raw=False)
-        if seq == 0:
-            change(record)
-            if unsigned:
-                record["format_version"] = 1
-                record.pop("key_id", None)
-        else:
-            record["prev"] = prev
-        body = msgpack.packb(record, use_bin_type=True)
-        prev = hashlib.sha256(body).digest()
-        out.append(msgpack.packb([body, prev, *([] if unsigned else frame[2:])], use_bin_type=True))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(b"".join(out))
 
 
 def errors(text: str) -> list[str]:
