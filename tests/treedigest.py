@@ -17,7 +17,6 @@ from pathlib import Path
 
 Entry = tuple[str, int, int, int, str]
 Digest = dict[str, Entry]
-_CHUNK = 1 << 20
 _FIELDS = ("type", "mode", "uid", "gid", "sha256")
 
 
@@ -114,8 +113,5 @@ def _ignored(rel: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
