@@ -93,6 +93,20 @@ class Catalog:
         """The service called `name`, or None."""
         return next((s for s in self.services if s.name == name), None)
 
+    def lookup(self, spelling: str) -> Service | None:
+        """The service an operator means by `spelling`, or None.
+
+        Operators type names as they read them: `gateway` from the config, `GATEWAY` or
+        `SERVICE_CENTER` from the tool's output, `SERVICE-CENTER` from a ctl listing. Any
+        case of the name, the printed name or the listed name is accepted.
+        """
+        wanted = spelling.strip().lower()
+        for service in self.services:
+            spellings = {service.name, service.printed, service.listed or service.name}
+            if wanted in {s.lower() for s in spellings}:
+                return service
+        return None
+
     def names(self) -> tuple[str, ...]:
         """Every service name in catalog order."""
         return tuple(s.name for s in self.services)

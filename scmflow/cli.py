@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -28,6 +29,24 @@ from scmflow.errors import ScmflowError, UsageError
 from scmflow.statuskey import StatusKey, key_path, load_key
 
 LOG = logging.getLogger("scmflow")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130
+# The one table of exit codes: `cluster --help` prints it and the README repeats it (a test
+# compares the two).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "Success; also a pause, a dry run, nothing to do, or the operator answered n."),
+    (EXIT_FAILED, "A pair failed: something changed on a host and that pair was rolled back."),
+    (
+        EXIT_REFUSED,
+        "Refused before any host changed: options, config, release, plan, host check, host "
+        "keys, connection, locks, status file or status key.",
+    ),
+    (EXIT_INTERRUPTED, "Interrupted (Ctrl-C): the status file records where every pair stopped."),
+)
+DEFAULT_START_TIMEOUT = 300
 
 
 class Printer:
@@ -152,9 +171,13 @@ class ScmGroup(click.Group):
             hint = "; see --help" if isinstance(exc, click.UsageError) else ""
             click.echo(f"[ERROR] {exc.format_message().rstrip('.')}{hint}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("[ERROR] aborted", err=True)
-            sys.exit(1)
+        except click.Abort as exc:
+            # click turns Ctrl-C and an end of input at a prompt into Abort
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                click.echo("[ERROR] interrupted", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            click.echo("[ERROR] no answer: the input ended at a prompt; nothing was changed", err=True)
+            sys.exit(EXIT_REFUSED)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -183,6 +206,7 @@ class ClusterOptions:
     rollback: bool
     upgrade_conf: Path | None
     status_path: Path | None
+    # absolute, like every path the run prints
     release_dir: Path
     hosts: tuple[str, ...] | None
     services: tuple[str, ...] | None
@@ -192,12 +216,15 @@ class ClusterOptions:
     parallel: int
     parallel_ssh: int
     status_dir: Path
-    start_timeout: int
+    # None: not given, so 300 for an upgrade and the recorded value on resume and rollback
+    start_timeout: int | None
     accept_new_host_keys: bool
     break_lock: bool
     # None: $SCMFLOW_STATUS_KEY_FILE, else ~/.config/scmflow/status.key (scmflow/statuskey.py)
     status_key: Path | None = None
     trust_status_file: bool = False
+    # whether --release-dir was given: resume otherwise uses the release the file records
+    release_dir_given: bool = False
 
 
 @main.command(
@@ -216,7 +243,9 @@ Examples:
     scm.py cluster --rollback --upgrade-status-path .../upgrade_status_... --service gateway
   roll back from a status file another control machine wrote, with that machine's key:
     scm.py cluster --rollback --upgrade-status-path .../upgrade_status_... --status-key ctl1.key
-""",
+"""
+    + "\n\b\nExit codes:\n"
+    + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES),
 )
 @click.option("--upgrade", is_flag=True, help="Upgrade the cluster (or resume, with --upgrade-status-path).")
 @click.option("--rollback", is_flag=True, help="Roll back what the status file records.")
@@ -232,9 +261,8 @@ Examples:
 @click.option(
     "--release-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=".",
-    show_default="the current directory",
-    help="The unpacked new release (holds package/).",
+    help="The unpacked new release (holds package/) [default: the current directory; on resume, "
+    "the one the status file records].",
 )
 @click.option("--host", "hosts", help="Only these hosts (comma-separated).")
 @click.option(
@@ -260,14 +288,14 @@ Examples:
 @click.option(
     "--status-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where status files go [default: RELEASE_DIR/sequoiacm-deploy/upgrade-status].",
+    help="Where status files and logs go [default: RELEASE_DIR/sequoiacm-deploy/upgrade-status; "
+    "on resume and rollback, the status file's directory].",
 )
 @click.option(
     "--start-timeout",
     type=click.IntRange(1, 86400),
-    default=300,
-    show_default=True,
-    help="Seconds a node may take to start.",
+    help=f"Seconds a node may take to start [default: {DEFAULT_START_TIMEOUT}; on resume and "
+    "rollback, the value the status file records].",
 )
 @click.option(
     "--accept-new-host-keys",
@@ -314,10 +342,14 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         raise UsageError("--upgrade needs --upgrade-conf FILE (or --upgrade-status-path FILE to resume)")
     if raw["trust_status_file"] and not raw["status_path"]:
         raise UsageError("--trust-status-file needs --upgrade-status-path FILE")
-    release_dir = Path(raw["release_dir"])
-    status_dir = (
-        Path(raw["status_dir"]) if raw["status_dir"] else release_dir / "sequoiacm-deploy" / "upgrade-status"
-    )
+    release_dir = absolute(Path(raw["release_dir"] or "."))
+    if raw["status_dir"]:
+        status_dir = absolute(Path(raw["status_dir"]))
+    elif raw["status_path"]:
+        # the run's own directory: its log goes beside the original's, its lock is the same
+        status_dir = absolute(Path(raw["status_path"])).parent
+    else:
+        status_dir = release_dir / "sequoiacm-deploy" / "upgrade-status"
     return ClusterOptions(
         upgrade=raw["upgrade"],
         rollback=raw["rollback"],
@@ -337,7 +369,13 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         break_lock=raw["break_lock"],
         status_key=raw["status_key"],
         trust_status_file=raw["trust_status_file"],
+        release_dir_given=raw["release_dir"] is not None,
     )
+
+
+def absolute(path: Path) -> Path:
+    """`path` made absolute without resolving links, so that a printed path can be pasted anywhere."""
+    return Path(os.path.abspath(path))
 
 
 @contextmanager
@@ -361,9 +399,14 @@ def interrupt_handler(printer: Printer) -> Iterator[threading.Event]:
 
 
 def confirm(printer: Printer, question: str, *, err: bool = False) -> bool:
-    """The original's prompt: `Whether to ...?` then `Please enter (y/n) confirm:` (`err`: on stderr)."""
-    printer.info(question, err=err or None)
-    click.echo("Please enter (y/n) confirm:", nl=False, err=err)
+    """The original's prompt: `Whether to ...?` then `Please enter (y/n) confirm:`.
+
+    On stderr when `err` or when the printer writes there (`--output json`): stdout then
+    holds only the JSON document.
+    """
+    to_stderr = err or printer.err
+    printer.info(question, err=to_stderr or None)
+    click.echo("Please enter (y/n) confirm:", nl=False, err=to_stderr)
     line = sys.stdin.readline()
     return line.strip().lower() in ("y", "yes")
 
@@ -388,7 +431,7 @@ def open_run_log(status_dir: Path, printer: Printer) -> Path:
         handler = open_log(path, LOG)
         logging.getLogger("paramiko").addHandler(handler)
     except OSError as exc:
-        raise ScmflowError(f"cannot write the log file {path}: {exc}") from exc
+        raise UsageError(f"cannot write the log file {path}: {exc}; check --status-dir") from exc
     printer.info(f"Log file location:{path}")
     return path
 

@@ -844,16 +844,17 @@ def _split_list(csv: str) -> list[str]:
 
 
 def _service_list(csv: str, catalog: Catalog) -> tuple[str, ...]:
-    names = list(dict.fromkeys(_split_list(csv)))
-    if not names:
+    typed = _split_list(csv)
+    if not typed:
         raise ValueError("no service named")
-    unknown = [n for n in names if catalog.find(n) is None]
+    found = {name: catalog.lookup(name) for name in typed}
+    unknown = [name for name, service in found.items() if service is None]
     if unknown:
         raise ValueError(
             f"unknown service(s) {', '.join(unknown)}; valid services: "
             + ", ".join(catalog.names())
         )
-    return tuple(names)
+    return tuple(dict.fromkeys(s.name for s in found.values() if s is not None))
 
 
 def _path_parts(raw: str) -> list[str]:

@@ -475,7 +475,7 @@ def _rollback(
     state = open_run(status_path, key=key)
     try:
         printer.info(f"Read the upgrade status file {status_path}: {len(state.pairs)} planned pairs")
-        candidates, warnings = select_pairs(state, hosts=None, services=None)
+        candidates, warnings = select_pairs(state, hosts=None, services=None, catalog=catalog)
         for warning in warnings:
             printer.warn(warning)
         candidates = [p for p in candidates if needs_rollback(state, p)]
@@ -488,7 +488,7 @@ def _rollback(
         finally:
             close_sessions(sessions)
     finally:
-        state.journal.close()
+        state.writer().close()
 
 
 def _roll_back_pairs(

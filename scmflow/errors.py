@@ -104,10 +104,16 @@ class StatusKeyError(ScmflowError):
     exit_code = 2
 
 
-class LockError(ScmflowError):
-    """Another run holds the lock."""
+class ConnectError(ScmflowError):
+    """A host cannot be reached, trusted or logged in to; nothing was done on any host."""
 
-    exit_code = 3
+    exit_code = 2
+
+
+class LockError(ScmflowError):
+    """Another run holds the lock; the run is refused before any host changed."""
+
+    exit_code = 2
 
 
 class Interrupted(ScmflowError):

@@ -37,10 +37,12 @@ FORMAT_VERSION = 2  # the newest this scmflow reads and writes: records carry a 
 UNSIGNED_FORMAT_VERSION = 1  # records without a MAC: older files, and journals given no key
 FILE_PREFIX = "upgrade_status_"
 NAME_TIME_FORMAT = "%Y-%m-%d-%H:%M:%S"
-EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run"})
+# `probe`: what resume found on a pair's host before redoing it (its version and nodes then)
+EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run", "probe"})
 PAIR_KINDS = frozenset({"begin", "transition", "fail"})
 INITIAL_STATE = "pending"
 FAILED_STATE = "failed"
+ROLLED_BACK_STATE = "rolled_back"
 
 # Keys the journal sets itself; a caller passing them would corrupt the chain's meaning.
 _EVENT_RESERVED = frozenset({"seq", "time", "epoch", "prev"})
@@ -185,11 +187,21 @@ class PairReplay:
     last_error: str | None
     history: tuple[dict[str, Any], ...]
     in_plan: bool = True
+    # The action of the run in which the pair was last rolled back: "rollback" when an
+    # operator asked for it, "upgrade" or "resume" when a failure did; None if never.
+    rolled_back_by: str | None = None
+    # The nodes (as in the plan's records) the last `probe` found, when resume re-read them.
+    probed_nodes: tuple[dict[str, Any], ...] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         """(host, service)."""
         return (self.host, self.service)
+
+    @property
+    def never_started(self) -> bool:
+        """Whether no step of this pair ever began: it is as the upgrade found it."""
+        return not any(r.get("kind") in PAIR_KINDS for r in self.history)
 
     @property
     def started(self) -> float | None:
@@ -495,14 +507,19 @@ def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:
         pairs[key] = _PairProgress(
             entry["host"], entry["service"], entry.get("old_version"), entry.get("new_version")
         )
+    action: str | None = None
     for record in contents.records:
+        if record.get("kind") == "run":
+            detail = record.get("detail")
+            if isinstance(detail, Mapping) and detail.get("result") == "started":
+                action = str(detail.get("action"))
         host, service = record.get("host"), record.get("service")
         if not isinstance(host, str) or not isinstance(service, str):
             continue
         progress = pairs.get((host, service))
         if progress is None:
             progress = pairs[(host, service)] = _PairProgress(host, service, None, None, in_plan=False)
-        progress.apply(record)
+        progress.apply(record, action)
     return {key: progress.freeze() for key, progress in pairs.items()}
 
 
@@ -527,8 +544,10 @@ class _PairProgress:
         self.in_flight: str | None = None
         self.last_error: str | None = None
         self.history: list[dict[str, Any]] = []
+        self.rolled_back_by: str | None = None
+        self.probed_nodes: tuple[dict[str, Any], ...] | None = None
 
-    def apply(self, record: dict[str, Any]) -> None:
+    def apply(self, record: dict[str, Any], action: str | None) -> None:
         self.history.append(record)
         kind = record.get("kind")
         if kind == "begin":
@@ -536,6 +555,10 @@ class _PairProgress:
         elif kind == "transition":
             self.state = str(record.get("dst"))
             self.in_flight = None
+            if self.state == ROLLED_BACK_STATE:
+                self.rolled_back_by = action
+        elif kind == "probe":
+            self._apply_probe(record.get("detail"))
         elif kind == "fail":
             self.state = FAILED_STATE
             self.in_flight = None
@@ -552,7 +575,22 @@ class _PairProgress:
             last_error=self.last_error,
             history=tuple(self.history),
             in_plan=self.in_plan,
+            rolled_back_by=self.rolled_back_by,
+            probed_nodes=self.probed_nodes,
         )
+
+    def _apply_probe(self, detail: Any) -> None:
+        nodes = detail.get("nodes") if isinstance(detail, Mapping) else None
+        if isinstance(nodes, list) and all(_valid_node(n) for n in nodes):
+            self.probed_nodes = tuple(dict(n) for n in nodes)
+
+
+def _valid_node(node: Any) -> bool:
+    """A node record as the plan writes it: a port (int or None) and whether it ran."""
+    if not isinstance(node, Mapping) or not isinstance(node.get("running"), bool):
+        return False
+    port = node.get("port")
+    return port is None or (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535)
 
 
 def error_text(detail: Any) -> str:
@@ -611,6 +649,10 @@ def _check_event(event: Mapping[str, Any]) -> None:
                 raise JournalError(f"a '{kind}' record needs '{key}' as a string")
         if kind == "transition" and not isinstance(event.get("dst"), str):
             raise JournalError("a 'transition' record needs 'dst' as a string")
+    if kind == "probe":
+        for key in ("host", "service"):
+            if not isinstance(event.get(key), str):
+                raise JournalError(f"a 'probe' record needs '{key}' as a string")
     secret = find_secret_key(event)
     if secret is not None:
         raise JournalError(f"refusing to write a secret into the status file (record key {secret})")

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +31,18 @@ from scmflow.config import (
 from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, UsageError
 from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal
 from scmflow.locks import clear_dead_host_locks, run_locks
-from scmflow.machine import load_lifecycle
+from scmflow.machine import Lifecycle, load_lifecycle
 from scmflow.plan import Pair
 from scmflow.remote import Session, SSHOptions, connect_all
-from scmflow.report import dry_run_steps, plan_lines, plan_warnings
-from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
+from scmflow.report import dry_run_steps, plan_lines, plan_warnings, rollback_steps
+from scmflow.rollback import (
+    check_pairs,
+    execute_rollback,
+    match_hosts,
+    match_services,
+    needs_rollback,
+    select_pairs,
+)
 from scmflow.sshconfig import load_client_config, resolve_target
 from scmflow.statuskey import key_path, load_key, load_or_create_key
 from scmflow.statusview import authenticity_hint, run_records, trusted_values
@@ -53,9 +60,12 @@ from scmflow.upgrade import (
     check_run_header,
     close_sessions,
     execute_upgrade,
+    fresh_pairs,
     make_layout,
     open_run,
+    read_run,
     reload_release,
+    reprobe_pairs,
     resume_upgrade,
     untrusted_message,
 )
@@ -94,7 +104,8 @@ def resolve_passwords(hosts: Sequence[HostConfig], config_path: str = "") -> dic
             name = host.password_env or ""
             if name not in os.environ:
                 raise ConfigError(
-                    f"environment variable {name} (Password env:{name}) is not set",
+                    f"environment variable {name} is not set: Password env:{name} of host {host.name} "
+                    f"reads the SSH password from it; export {name}=... before running, or change the cell",
                     path=config_path,
                     line=host.line or None,
                     field="Password",
@@ -263,7 +274,7 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
             settings = RunSettings(
                 parallel=options.parallel,
                 parallel_ssh=options.parallel_ssh,
-                start_timeout=options.start_timeout,
+                start_timeout=_upgrade_start_timeout(options),
             )
             locks = run_locks(
                 options.status_dir,
@@ -314,9 +325,9 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
     for warning in plan_warnings(plan):
         printer.warn(warning)
     if options.output == "json":
-        document = plan.to_record()
+        document = {"action": "upgrade", **plan.to_record(), "start_timeout": _upgrade_start_timeout(options)}
         if options.dry_run:
-            document["steps"] = _steps(checked, catalog)
+            document["steps"] = _steps(checked, catalog, options)
         echo_json(document)
     if not plan.pairs:
         printer.info("No service need to upgrade")
@@ -326,10 +337,7 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
         printer.info(line)
     if options.dry_run:
         if options.output == "text":
-            for label, steps in _steps(checked, catalog).items():
-                printer.info(f"Dry run: {label}")
-                for step in steps:
-                    printer.info(f"    {step}")
+            _print_steps(printer, _steps(checked, catalog, options))
         printer.info("Dry run: nothing was changed")
         return False
     if options.unattended:
@@ -340,12 +348,25 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
     return True
 
 
-def _steps(checked: CheckedCluster, catalog: Catalog) -> dict[str, list[str]]:
-    layout = make_layout(checked.target, "<timestamp>", 300)
+def _steps(checked: CheckedCluster, catalog: Catalog, options: ClusterOptions) -> dict[str, list[str]]:
+    layout = make_layout(checked.target, "<timestamp>", _upgrade_start_timeout(options))
     return {
         pair.label(): dry_run_steps(pair, catalog, layout, checked.release.package_for(pair.service).name)
         for pair in checked.plan.pairs
     }
+
+
+def _print_steps(printer: Printer, steps: Mapping[str, Sequence[str]]) -> None:
+    for label, lines in steps.items():
+        printer.info(f"Dry run: {label}")
+        for line in lines:
+            printer.info(f"    {line}")
+
+
+def _upgrade_start_timeout(options: ClusterOptions) -> int:
+    from scmflow.cli import DEFAULT_START_TIMEOUT
+
+    return options.start_timeout if options.start_timeout is not None else DEFAULT_START_TIMEOUT
 
 
 # -- resume and rollback -----------------------------------------------------------------------
@@ -380,9 +401,22 @@ def _open_status(options: ClusterOptions, printer: Printer) -> ResumeState | Non
         accepted = contents.digests[0]
         if key is None and contents.format_version >= FORMAT_VERSION:
             key = load_or_create_key(where)  # what is appended to a signed file is signed too
-    state = open_run(path, trust=StatusTrust(key=key, accepted_header=accepted))
+    trust = StatusTrust(key=key, accepted_header=accepted)
+    # a dry run reads the file and changes no byte of it (not even a torn tail's repair)
+    state = read_run(path, trust=trust) if options.dry_run else open_run(path, trust=trust)
     printer.info(f"Read the upgrade status file {path}: {len(state.pairs)} planned pairs")
-    return state
+    return _with_start_timeout(state, options, printer)
+
+
+def _with_start_timeout(state: ResumeState, options: ClusterOptions, printer: Printer) -> ResumeState:
+    """The state with --start-timeout in force when given, else the recorded value; says which."""
+    recorded = state.layout.start_timeout
+    if options.start_timeout is None or options.start_timeout == recorded:
+        printer.info(f"Node start timeout: {recorded} s, as the run recorded it (--start-timeout changes it)")
+        return state
+    given = options.start_timeout
+    printer.info(f"Node start timeout: {given} s (--start-timeout; the run recorded {recorded} s)")
+    return replace(state, layout=replace(state.layout, start_timeout=options.start_timeout))
 
 
 def _accept_untrusted(
@@ -491,44 +525,65 @@ def _connect(endpoints: Mapping[str, Endpoint], options: ClusterOptions) -> dict
 
 
 def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
-    from scmflow.cli import confirm, interrupt_handler, open_run_log
+    from scmflow.cli import confirm, echo_json, interrupt_handler, open_run_log
 
+    if options.upgrade_conf is not None:
+        printer.info(
+            f"Resuming the run recorded in {options.status_path}; {options.upgrade_conf} only "
+            "supplies the SSH passwords (the run's hosts and services come from the status file)"
+        )
     state = _open_status(options, printer)
     if state is None:
         return EXIT_OK
-    if options.hosts or options.services:
-        raise UsageError("resume continues the whole recorded run; --host/--service are not allowed")
-    lifecycle = load_lifecycle()
-    todo = [p for p in state.pairs if state.states.get(p.key) != "verified" or p.key in state.in_flight]
-    if not todo:
-        _close_finished_run(state)
-        printer.info(f"Every pair of {options.status_path} is already upgraded; nothing to resume")
-        _clear_dead_locks(options, state, catalog, printer, [h.name for h in state.hosts])
-        return EXIT_OK
+    if options.upgrade_conf is not None:
+        _check_same_cluster(state, load_config(options.upgrade_conf, catalog))
+    selection = select_resume(state, hosts=options.hosts, services=options.services, catalog=catalog)
+    for pair in selection.kept:
+        printer.info(
+            f"Kept rolled back by --rollback (name it with --host/--service to redo it): {pair.label()}"
+        )
+    if not selection.pairs:
+        return _nothing_to_resume(options, state, selection, catalog, printer)
+    steps = _resume_steps(state, selection.pairs, catalog) if options.dry_run else {}
+    if options.output == "json":
+        echo_json(_status_plan_document("resume", state, selection.pairs, steps))
     printer.info("Prepare to resume the upgrade of these services in this order")
-    for pair in todo:
+    for pair in selection.pairs:
         printer.info(f"{pair.label()} ({_state_word(state, pair)})")
     if options.dry_run:
+        if options.output == "text":
+            _print_steps(printer, steps)
         printer.info("Dry run: nothing was changed")
         return EXIT_OK
     # passwords first: a run that cannot log in stops here, before the question and any change
-    endpoints = _status_endpoints(state, options, catalog, printer, [h.name for h in state.hosts])
+    hosts = list(dict.fromkeys(p.host for p in selection.pairs))
+    endpoints = _status_endpoints(state, options, catalog, printer, hosts)
     if not options.unattended and not confirm(printer, "Whether to resume the upgrade?"):
         printer.info("Resume cancelled, nothing was changed")
         return EXIT_OK
     open_run_log(options.status_dir, printer)
     with tempfile.TemporaryDirectory(prefix="scmflow-") as work:
-        release = reload_release(state.header, _explicit_release_dir(options), catalog, Path(work))
+        release_dir = options.release_dir if options.release_dir_given else None
+        release = reload_release(state.header, release_dir, catalog, Path(work))
         sessions = _connect(endpoints, options)
         try:
             with _state_locks(options, state, sessions, printer), interrupt_handler(printer) as stop:
+                # what the hosts run now, not what the original check found (exit 2 if changed)
+                probed = reprobe_pairs(
+                    state,
+                    fresh_pairs(state, selection.pairs),
+                    sessions=sessions,
+                    catalog=catalog,
+                    parallel=options.parallel_ssh,
+                )
                 try:
                     outcome = resume_upgrade(
                         state,
+                        [probed.get(p.key, p) for p in selection.pairs],
                         sessions=sessions,
                         release=release,
                         catalog=catalog,
-                        lifecycle=lifecycle,
+                        lifecycle=load_lifecycle(),
                         settings=RunSettings(
                             parallel=options.parallel,
                             parallel_ssh=options.parallel_ssh,
@@ -547,38 +602,180 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     return EXIT_OK
 
 
+@dataclass(frozen=True)
+class ResumeSelection:
+    """The pairs a resume advances, in plan order, and the rolled-back ones it keeps as they are."""
+
+    pairs: list[Pair]
+    kept: list[Pair]
+    named: bool
+
+
+def select_resume(
+    state: ResumeState, *, hosts: Sequence[str] | None, services: Sequence[str] | None, catalog: Catalog
+) -> ResumeSelection:
+    """What a resume does: pairs not yet verified, but never an operator's rollback unless named.
+
+    With --host/--service only the named pairs are advanced (retried after a failure,
+    upgraded again after a --rollback); the others stay as they are. Without them, pairs
+    that a failure rolled back are retried, while pairs rolled back by --rollback are kept;
+    so are the never-started pairs of a run that --rollback undid entirely (it reads
+    "rolled back").
+    """
+    wanted_hosts = match_hosts(state, hosts)
+    wanted_services = match_services(catalog, services)
+    named = wanted_hosts is not None or wanted_services is not None
+    undone = _undone_by_rollback(state)
+    pairs: list[Pair] = []
+    kept: list[Pair] = []
+    for pair in state.pairs:
+        if (wanted_hosts is not None and pair.host not in wanted_hosts) or (
+            wanted_services is not None and pair.service not in wanted_services
+        ):
+            continue
+        if state.states.get(pair.key) == "verified" and pair.key not in state.in_flight:
+            continue
+        if not named and (state.explicitly_rolled_back(pair) or (undone and _never_started(state, pair))):
+            kept.append(pair)
+            continue
+        pairs.append(pair)
+    return ResumeSelection(pairs=pairs, kept=kept, named=named)
+
+
+def _never_started(state: ResumeState, pair: Pair) -> bool:
+    return state.states.get(pair.key, "pending") == "pending" and pair.key not in state.in_flight
+
+
+def _undone_by_rollback(state: ResumeState) -> bool:
+    """Whether --rollback undid every pair that had started: the run as a whole was rolled back."""
+    started = [p for p in state.pairs if not _never_started(state, p)]
+    return bool(started) and all(state.explicitly_rolled_back(p) for p in started)
+
+
+def _nothing_to_resume(
+    options: ClusterOptions,
+    state: ResumeState,
+    selection: ResumeSelection,
+    catalog: Catalog,
+    printer: Printer,
+) -> int:
+    from scmflow.cli import echo_json
+
+    if options.output == "json":
+        echo_json(_status_plan_document("resume", state, [], {}))
+    if selection.kept:
+        printer.info(f"No pair to resume in {options.status_path}")
+        return EXIT_OK
+    if selection.named:
+        printer.info(f"Every named pair of {options.status_path} is already upgraded; nothing to resume")
+        return EXIT_OK
+    if not options.dry_run:
+        _close_finished_run(state)
+    printer.info(f"Every pair of {options.status_path} is already upgraded; nothing to resume")
+    _clear_dead_locks(options, state, catalog, printer, [h.name for h in state.hosts])
+    return EXIT_OK
+
+
+def _check_same_cluster(state: ResumeState, config: UpgradeConfig) -> None:
+    """UsageError unless --upgrade-conf describes the cluster the status file records."""
+    configured = {h.name.lower() for h in config.hosts}
+    missing = [h.name for h in state.hosts if h.name.lower() not in configured]
+    if config.install_path != state.layout.install_path or missing:
+        what = (
+            f"hosts {', '.join(missing)} are not in it"
+            if missing
+            else f"its InstallPath {config.install_path} is not {state.layout.install_path}"
+        )
+        raise UsageError(
+            f"{config.path} is not the config of the run in {state.path}: {what}; resume takes the "
+            "run from the status file, so give that run's config or none"
+        )
+
+
+def _resume_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -> dict[str, list[str]]:
+    """Per pair, the rollback it needs first (if any) and the upgrade steps it will take."""
+    lifecycle = load_lifecycle()
+    packages = _recorded_packages(state.header)
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        steps: list[str] = []
+        current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
+        if current not in ("pending", "rolled_back", "verified"):
+            steps += rollback_steps(pair, catalog, state.layout, _rollback_action(lifecycle, current))
+        package = packages.get(pair.service, "(no package recorded)")
+        steps += dry_run_steps(pair, catalog, state.layout, package)
+        out[pair.label()] = steps
+    return out
+
+
+def _rollback_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -> dict[str, list[str]]:
+    lifecycle = load_lifecycle()
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
+        out[pair.label(reverse=True)] = rollback_steps(
+            pair, catalog, state.layout, _rollback_action(lifecycle, current)
+        )
+    return out
+
+
+def _rollback_action(lifecycle: Lifecycle, state: str) -> str:
+    edge = lifecycle.edge("rollback", state)
+    return edge.action if edge is not None and edge.action else "restore"
+
+
+def _status_plan_document(
+    action: str, state: ResumeState, pairs: Sequence[Pair], steps: Mapping[str, list[str]]
+) -> dict[str, Any]:
+    """The JSON plan of a resume or rollback (`--output json`), like the upgrade's."""
+    document: dict[str, Any] = {
+        "action": action,
+        "status_file": str(state.path),
+        "release_version": state.header.get("release", {}).get("version"),
+        "start_timeout": state.layout.start_timeout,
+        "pairs": [{**p.to_record(), "state": _state_word(state, p)} for p in pairs],
+    }
+    if steps:
+        document["steps"] = dict(steps)
+    return document
+
+
 def _close_finished_run(state: ResumeState) -> None:
     """Record success for a run that was killed or interrupted after its last pair was verified.
 
     Otherwise the file would read "interrupted" for good although every pair is upgraded.
     """
-    runs = run_records(read_journal(state.journal.path))
+    journal = state.writer()
+    runs = run_records(read_journal(journal.path))
     if not runs or runs[-1].get("detail", {}).get("result") != "success":
-        state.journal.append({"kind": "run", "detail": {"action": "resume", "result": "success"}})
-
-
-def _explicit_release_dir(options: ClusterOptions) -> Path | None:
-    return None if options.release_dir == Path(".") else options.release_dir
+        journal.append({"kind": "run", "detail": {"action": "resume", "result": "success"}})
 
 
 def _state_word(state: ResumeState, pair: Pair) -> str:
     if pair.key in state.in_flight:
         return f"interrupted during {state.in_flight[pair.key]}"
-    return state.states.get(pair.key, "pending")
+    word = state.states.get(pair.key, "pending")
+    if word == "rolled_back" and state.explicitly_rolled_back(pair):
+        return "rolled_back by --rollback"
+    return word
 
 
 def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
-    from scmflow.cli import confirm, interrupt_handler, open_run_log
+    from scmflow.cli import confirm, echo_json, interrupt_handler, open_run_log
 
     state = _open_status(options, printer)
     if state is None:
         return EXIT_OK
-    candidates, warnings = select_pairs(state, hosts=options.hosts, services=options.services)
+    candidates, warnings = select_pairs(
+        state, hosts=options.hosts, services=options.services, catalog=catalog
+    )
     for warning in warnings:
         printer.warn(warning)
     chosen_hosts = list(dict.fromkeys(p.host for p in candidates))
     candidates = [p for p in candidates if needs_rollback(state, p)]
     if not candidates:
+        if options.output == "json":
+            echo_json(_status_plan_document("rollback", state, [], {}))
         printer.info("No service need to rollback")
         _clear_dead_locks(options, state, catalog, printer, chosen_hosts)
         return EXIT_OK
@@ -590,6 +787,9 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
         )
         for warning in selection.warnings:
             printer.warn(warning)
+        steps = _rollback_steps(state, selection.pairs, catalog) if options.dry_run else {}
+        if options.output == "json":
+            echo_json(_status_plan_document("rollback", state, selection.pairs, steps))
         if not selection.pairs:
             printer.info("No service need to rollback")
             _clear_dead_locks(options, state, catalog, printer, hosts, sessions)
@@ -598,6 +798,8 @@ def _rollback(options: ClusterOptions, printer: Printer, catalog: Catalog) -> in
         for line in plan_lines(selection.pairs, reverse=True):
             printer.info(line)
         if options.dry_run:
+            if options.output == "text":
+                _print_steps(printer, steps)
             printer.info("Dry run: nothing was changed")
             return EXIT_OK
         if not options.unattended and not confirm(printer, "Whether to rollback?"):

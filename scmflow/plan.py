@@ -203,15 +203,17 @@ def make_plan(
 
 
 def _pair(inventory: HostInventory, service: Service, old: str | None, new: str) -> Pair:
-    installed = inventory.services.get(service.name)
-    nodes = tuple(
-        PlannedNode(port=n.port, running=n.running) for n in (installed.nodes if installed else ())
-    )
     return Pair(
         host=inventory.host,
         service=service.name,
         printed=service.printed,
         old_version=old,
         new_version=new,
-        nodes=nodes,
+        nodes=planned_nodes(inventory, service.name),
     )
+
+
+def planned_nodes(inventory: HostInventory, service: str) -> tuple[PlannedNode, ...]:
+    """The nodes of `service` that a host check found, and whether each was running."""
+    installed = inventory.services.get(service)
+    return tuple(PlannedNode(port=n.port, running=n.running) for n in (installed.nodes if installed else ()))

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 import paramiko
 
-from scmflow.errors import HostKeyError, RemoteError, RemoteTimeout, ScmflowError
+from scmflow.errors import ConnectError, HostKeyError, RemoteError, RemoteTimeout, ScmflowError
 
 ProgressFn = Callable[[int, int], None]
 
@@ -1570,7 +1570,7 @@ def connect_all(
     names = [target.host for target in targets]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise ScmflowError(f"hosts listed more than once: {', '.join(twice)}")
+        raise ConnectError(f"hosts listed more than once: {', '.join(twice)}")
     options = options or SSHOptions()
     log = log or logging.getLogger(__name__)
     bastions = BastionPool(options, log)
@@ -1587,7 +1587,7 @@ def connect_all(
                 except ScmflowError as exc:
                     failures.append((target.host, exc))
         if failures:
-            raise ScmflowError(
+            raise ConnectError(
                 f"cannot connect to {len(failures)} of {len(targets)} hosts: " + _group_failures(failures)
             )
     except BaseException:

@@ -82,12 +82,7 @@ def dry_run_steps(pair: Pair, catalog: Catalog, layout: RemoteLayout, package: s
         f"replace: {stop}swap {replaced} for the contents of {layout.package_path(package)}"
         + (f", keeping {', '.join(service.preserve)}" if service.preserve else "")
     )
-    starts = [
-        f"{service.ctl} start --timeout {layout.start_timeout} -p {p}" for p in pair.running_ports
-    ]
-    if pair.daemon_running:
-        starts.append(f"{service.ctl} start")
-    steps.append(f"restart: {'; '.join(starts) if starts else 'nothing to start'}")
+    steps.append(_restart_step(pair, service.ctl, layout))
     checks = [f"version {pair.new_version} on disk"]
     if pair.running_ports:
         checks.append(f"nodes answer on {', '.join(str(p) for p in pair.running_ports)}")
@@ -95,6 +90,27 @@ def dry_run_steps(pair: Pair, catalog: Catalog, layout: RemoteLayout, package: s
         checks.append("daemon process runs")
     steps.append(f"verify:  {'; '.join(checks)}")
     return steps
+
+
+def rollback_steps(pair: Pair, catalog: Catalog, layout: RemoteLayout, action: str) -> list[str]:
+    """The remote steps rolling back a pair would take; `action` is the lifecycle's (abandon, restore)."""
+    service = catalog.get(pair.service)
+    backup = layout.pair_backup_dir(pair.service)
+    if action != "restore":
+        return [f"{action}: remove the incomplete backup {backup}; the install was not changed"]
+    svc_dir = f"{layout.install_path}/{service.dir}".rstrip("/")
+    stop = f"stop nodes ({service.ctl} {' '.join(service.stop_args)}), " if service.ctl else ""
+    return [
+        f"restore: {stop}put back {', '.join(service.replace)} in {svc_dir} from {backup}",
+        _restart_step(pair, service.ctl, layout),
+    ]
+
+
+def _restart_step(pair: Pair, ctl: str | None, layout: RemoteLayout) -> str:
+    starts = [f"{ctl} start --timeout {layout.start_timeout} -p {p}" for p in pair.running_ports]
+    if pair.daemon_running:
+        starts.append(f"{ctl} start")
+    return f"restart: {'; '.join(starts) if starts else 'nothing to start'}"
 
 
 def open_log(path: Path, logger: logging.Logger) -> logging.Handler:

@@ -31,27 +31,59 @@ class RollbackSelection:
 
 
 def select_pairs(
-    state: ResumeState, *, hosts: Sequence[str] | None, services: Sequence[str] | None
+    state: ResumeState,
+    *,
+    hosts: Sequence[str] | None,
+    services: Sequence[str] | None,
+    catalog: Catalog,
 ) -> tuple[list[Pair], list[str]]:
-    """Pairs of the status file matching the filters, in rollback order, plus warnings."""
-    known_hosts = [h.name for h in state.hosts]
-    if hosts:
-        unknown = [h for h in hosts if h not in known_hosts]
-        if unknown:
-            raise PlanError(
-                f"host {', '.join(unknown)} is not in the upgrade status file "
-                f"(hosts there: {', '.join(known_hosts)})"
-            )
+    """Pairs of the status file matching the filters, in rollback order, plus warnings.
+
+    Names match as the operator types them (any case; a service also by its printed
+    name). A host the file does not name or a service the catalog does not know is a
+    PlanError (exit 2); a known service without a record is only warned about.
+    """
+    wanted_hosts = match_hosts(state, hosts)
+    wanted_services = match_services(catalog, services)
     warnings = []
-    if services:
+    if wanted_services is not None:
         recorded = {p.service for p in state.pairs}
-        missing = [s for s in services if s not in recorded]
+        missing = [catalog.get(s).printed for s in wanted_services if s not in recorded]
         if missing:
             warnings.append(f"The following specified service have no upgrade record:[{', '.join(missing)}]")
     chosen = [
-        p for p in state.pairs if (not hosts or p.host in hosts) and (not services or p.service in services)
+        p
+        for p in state.pairs
+        if (wanted_hosts is None or p.host in wanted_hosts)
+        and (wanted_services is None or p.service in wanted_services)
     ]
     return list(reversed(chosen)), warnings
+
+
+def match_hosts(state: ResumeState, hosts: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The status file's names of `hosts` (matched case-insensitively); PlanError for one it lacks."""
+    if hosts is None:
+        return None
+    known = {h.name.lower(): h.name for h in state.hosts}
+    unknown = [h for h in hosts if h.lower() not in known]
+    if unknown:
+        raise PlanError(
+            f"host {', '.join(unknown)} is not in the upgrade status file "
+            f"(hosts there: {', '.join(h.name for h in state.hosts)})"
+        )
+    return tuple(dict.fromkeys(known[h.lower()] for h in hosts))
+
+
+def match_services(catalog: Catalog, services: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The catalog names of `services` as typed (any case, printed names too); PlanError if unknown."""
+    if services is None:
+        return None
+    found = {typed: catalog.lookup(typed) for typed in services}
+    unknown = [typed for typed, service in found.items() if service is None]
+    if unknown:
+        valid = ", ".join(catalog.names())
+        raise PlanError(f"unknown service(s) {', '.join(unknown)}; valid services: {valid}")
+    return tuple(dict.fromkeys(s.name for s in found.values() if s is not None))
 
 
 def needs_rollback(state: ResumeState, pair: Pair) -> bool:
@@ -151,8 +183,9 @@ def execute_rollback(
     stop: threading.Event,
 ) -> RunOutcome:
     """Drive each selected pair along its rollback edge, appending to the same status file."""
-    journal = state.journal
-    journal.append({"kind": "run", "detail": {"action": "rollback", "result": "started"}})
+    journal = state.writer()
+    started = {"action": "rollback", "result": "started", "start_timeout": state.layout.start_timeout}
+    journal.append({"kind": "run", "detail": started})
     runs = make_runs(
         pairs,
         state.states,

@@ -20,6 +20,7 @@ from scmflow.errors import CatalogError, JournalError
 from scmflow.journal import (
     AUTHENTIC,
     FILE_PREFIX,
+    INITIAL_STATE,
     INVALID,
     NAME_TIME_FORMAT,
     NO_KEY,
@@ -46,6 +47,8 @@ OUTCOMES = (SUCCESS, FAILED, INTERRUPTED, ROLLED_BACK, PARTIALLY_ROLLED_BACK, UN
 
 # `run` record results that close a run; "started" opens one.
 _CLOSING_RESULTS = frozenset({"success", "failed", "interrupted"})
+# Pair records that mean an action was at least attempted on the pair.
+_ACTION_KINDS = frozenset({"begin", "transition", "fail"})
 _LABEL_WIDTH = 10
 _TIMELINE_INDENT = 8
 _NOTE_WIDTH = 60
@@ -63,6 +66,7 @@ class StatusSummary:
     pair_count: int = 0
     states: Mapping[str, int] = field(default_factory=dict)
     detail: str = ""
+    never_started: int = 0
 
 
 # --- outcome ------------------------------------------------------------------------
@@ -71,6 +75,20 @@ class StatusSummary:
 def run_records(contents: JournalContents) -> list[dict[str, Any]]:
     """The `run` records (start and end of each upgrade, rollback or resume)."""
     return [r for r in contents.records if r.get("kind") == "run"]
+
+
+def never_started(pair: PairReplay) -> bool:
+    """Whether nothing was ever done to the pair: pending, nothing in flight, no action recorded."""
+    return (
+        pair.state == INITIAL_STATE
+        and pair.in_flight is None
+        and not any(r.get("kind") in _ACTION_KINDS for r in pair.history)
+    )
+
+
+def never_started_count(pairs: Mapping[tuple[str, str], PairReplay]) -> int:
+    """How many pairs were never started (see `never_started`)."""
+    return sum(1 for p in pairs.values() if never_started(p))
 
 
 def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay]) -> str:
@@ -82,8 +100,11 @@ def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairRe
         return INTERRUPTED
     states = [p.state for p in pairs.values()]
     rolled_back = sum(1 for s in states if s == "rolled_back")
+    # A crash can stop an upgrade before it reaches some pairs; a rollback then leaves them
+    # pending, yet they are exactly as they were before the upgrade, like a rolled-back pair.
+    as_before = rolled_back + never_started_count(pairs)
     # A failed upgrade puts its failed pair back on the spot: that is a failure, not a rollback.
-    if last.get("action") == "rollback" and states and rolled_back == len(states):
+    if last.get("action") == "rollback" and states and as_before == len(states):
         return ROLLED_BACK
     if last.get("action") == "rollback" and rolled_back:
         return PARTIALLY_ROLLED_BACK
@@ -202,6 +223,7 @@ def _summary_lines(
         ("Hosts", _hosts_text(header.get("hosts"))),
         ("Runs", ", ".join(_run_text(r) for r in runs) or "none recorded"),
         ("Outcome", outcome_of(contents, pairs)),
+        ("Pairs", f"{never_started_count(pairs)} of {len(pairs)} never started"),
         ("Authentic", authenticity_text(contents.authenticity, key_path)),
     ]
     for label, value in fields:
@@ -280,15 +302,19 @@ def _hosts_text(hosts: Any) -> str:
 def _pair_table(pairs: list[PairReplay], width: int) -> list[str]:
     if not pairs:
         return ["No pairs in the plan."]
-    heading = ("HOST", "SERVICE", "OLD -> NEW", "STATE", "DURATION")
+    heading = ["HOST", "SERVICE", "OLD -> NEW", "STATE", "DURATION"]
+    # Cells do not go through _wrap: escape them here, before the widths are measured.
     rows = [heading] + [
-        (
-            p.host,
-            p.service,
-            f"{p.old_version or 'none'} -> {p.new_version or '?'}",
-            _state_text(p),
-            format_duration(_duration(p)),
-        )
+        [
+            _printable(cell)
+            for cell in (
+                p.host,
+                p.service,
+                f"{p.old_version or 'none'} -> {p.new_version or '?'}",
+                _state_text(p),
+                format_duration(_duration(p)),
+            )
+        ]
         for p in pairs
     ]
     widths = _column_widths(rows, width)
@@ -427,14 +453,25 @@ def _plain(value: Any) -> str:
 
 
 def _wrap(text: str, width: int, *, indent: str = "", first: str = "") -> list[str]:
+    # Every line render_show prints goes through here or the pair table; escaping before
+    # wrapping keeps the escaped text within the width.
     return textwrap.wrap(
-        text,
+        _printable(text),
         width=width,
         initial_indent=first,
         subsequent_indent=indent,
         break_on_hyphens=False,
         drop_whitespace=True,
     ) or [first.rstrip()]
+
+
+def _printable(text: str) -> str:
+    """`text` with each control or other unprintable character escaped, as Python writes it.
+
+    A status file can hold any string (an argv, a host name, a remote error), and a terminal
+    escape sequence in it must not reach the auditor's terminal as one.
+    """
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 # --- JSON export --------------------------------------------------------------------
@@ -452,6 +489,7 @@ def export_json(contents: JournalContents) -> dict[str, Any]:
         "torn_tail": contents.torn_tail,
         "problems": list(contents.problems),
         "outcome": outcome_of(contents, pairs),
+        "never_started": never_started_count(pairs),
         "pairs": [_pair_export(p) for p in pairs.values()],
         "authenticity": _authenticity_export(contents.authenticity),
     }
@@ -598,6 +636,7 @@ def summarize(path: Path) -> StatusSummary:
         pair_count=len(pairs),
         states=dict(Counter(p.state for p in pairs.values())),
         detail="last record torn" if contents.torn_tail else "",
+        never_started=never_started_count(pairs),
     )
 
 
@@ -605,15 +644,20 @@ def render_list(summaries: Iterable[StatusSummary]) -> str:
     """One line per status file."""
     lines = []
     for s in summaries:
+        # File names, actions, versions and states come from the file: escaped before padding.
+        name, detail = _printable(s.path.name), _printable(s.detail)
         if s.outcome == UNREADABLE:
-            lines.append(f"{s.created:<19}  {s.outcome:<21}  {s.path.name}: {s.detail}")
+            lines.append(f"{s.created:<19}  {s.outcome:<21}  {name}: {detail}")
             continue
-        actions = "+".join(s.actions) or "-"
-        states = ", ".join(f"{n} {state}" for state, n in sorted(s.states.items()))
-        note = f" ({s.detail})" if s.detail else ""
+        actions = _printable("+".join(s.actions) or "-")
+        release = _printable(s.release_version or "?")
+        states = _printable(", ".join(f"{n} {state}" for state, n in sorted(s.states.items())))
+        notes = [f"{s.never_started} never started"] if s.never_started else []
+        notes += [detail] if detail else []
+        note = f" ({'; '.join(notes)})" if notes else ""
         lines.append(
             f"{s.created:<19}  {s.outcome:<21}  {s.pair_count:>3} pairs  {actions:<16}  "
-            f"{s.release_version or '?':<8}  {s.path.name}  [{states}]{note}"
+            f"{release:<8}  {name}  [{states}]{note}"
         )
     if not lines:
         return "No upgrade status files found.\n"

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,12 @@ from scmflow.config import (
     normalise_install_path,
 )
 from scmflow.distribute import distribute
-from scmflow.errors import JournalError, ReleaseError, ScmflowError, UntrustedStatusFile
+from scmflow.errors import JournalError, PlanError, ReleaseError, ScmflowError, UntrustedStatusFile
 from scmflow.fanout import map_hosts
 from scmflow.inventory import HostInventory, probe_host
-from scmflow.journal import Authenticity, Journal, JournalContents, replay
+from scmflow.journal import Authenticity, Journal, JournalContents, PairReplay, read_journal, replay
 from scmflow.machine import Lifecycle, PairRun
-from scmflow.plan import Pair, Plan, group_stages, make_plan
+from scmflow.plan import Pair, Plan, group_stages, make_plan, planned_nodes
 from scmflow.release import Release, load_release
 from scmflow.remote import Session
 from scmflow.report import Reporter
@@ -473,9 +473,10 @@ def _finish(journal: Journal, result: StageResult, *, action: str, pairs: int) -
 
 @dataclass
 class ResumeState:
-    """A status file opened to continue its upgrade."""
+    """A status file opened to continue its upgrade, or read for a dry run."""
 
-    journal: Journal
+    # None when the file was only read (a dry run): nothing may be appended
+    journal: Journal | None
     header: dict[str, Any]
     pairs: list[Pair]
     states: dict[tuple[str, str], str]
@@ -484,6 +485,20 @@ class ResumeState:
     layout: RemoteLayout
     # The upgrade.cfg the run recorded; None in status files written before it was recorded.
     config: ConfigFile | None = None
+    # Each rolled-back pair's rolling-back run: "rollback" (the operator's) or an upgrade's.
+    rolled_back_by: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The path it was read from
+    path: Path = Path()
+
+    def writer(self) -> Journal:
+        """The journal to append to; JournalError for a file opened read-only."""
+        if self.journal is None:
+            raise JournalError(f"{self.path} was opened read-only (a dry run): nothing may be written")
+        return self.journal
+
+    def explicitly_rolled_back(self, pair: Pair) -> bool:
+        """Whether an operator's --rollback, not a failure, left this pair rolled back."""
+        return self.states.get(pair.key) == "rolled_back" and self.rolled_back_by.get(pair.key) == "rollback"
 
 
 @dataclass(frozen=True)
@@ -512,21 +527,37 @@ def open_run(
     opened: list[JournalContents] = []
 
     def check(contents: JournalContents) -> None:
-        if trust is not None:
-            require_trusted(status_path, contents, trust)
-        _check_run_header(status_path, contents.header)
-        if trust is not None:
-            check_header_values(status_path, contents.header)
+        _check_contents(status_path, contents, trust)
         opened.append(contents)
 
     journal = Journal.open_for_append(status_path, key=trust.key if trust else key, check=check)
-    contents = opened[0]
+    return _state_of(opened[0], journal)
+
+
+def read_run(status_path: Path, *, trust: StatusTrust) -> ResumeState:
+    """The state a status file records, read only: a dry run changes no byte of the file.
+
+    The same checks as `open_run`; a torn last record is ignored, not cut off.
+    """
+    contents = read_journal(status_path, key=trust.key)
+    _check_contents(status_path, contents, trust)
+    return _state_of(contents, None)
+
+
+def _check_contents(path: Path, contents: JournalContents, trust: StatusTrust | None) -> None:
+    if trust is not None:
+        require_trusted(path, contents, trust)
+    _check_run_header(path, contents.header)
+    if trust is not None:
+        check_header_values(path, contents.header)
+
+
+def _state_of(contents: JournalContents, journal: Journal | None) -> ResumeState:
     header = contents.header
     replayed = replay(contents)
-    pairs = [Pair.from_record(r) for r in header["plan"]]
-    states = {key: r.state for key, r in replayed.items()}
-    in_flight = {key: r.in_flight for key, r in replayed.items() if r.in_flight}
-    hosts = [HostEntry.from_record(h) for h in header["hosts"]]
+    pairs = [
+        _replayed_pair(Pair.from_record(r), replayed.get((r["host"], r["service"]))) for r in header["plan"]
+    ]
     lay = header["layout"]
     layout = RemoteLayout(
         install_path=lay["install_path"],
@@ -541,12 +572,22 @@ def open_run(
         journal=journal,
         header=header,
         pairs=pairs,
-        states=states,
-        in_flight=in_flight,
-        hosts=hosts,
+        states={key: r.state for key, r in replayed.items()},
+        in_flight={key: r.in_flight for key, r in replayed.items() if r.in_flight},
+        hosts=[HostEntry.from_record(h) for h in header["hosts"]],
         layout=layout,
         config=None if recorded is None else ConfigFile.from_record(recorded),
+        rolled_back_by={key: r.rolled_back_by for key, r in replayed.items() if r.rolled_back_by},
+        path=contents.path,
     )
+
+
+def _replayed_pair(planned: Pair, replayed: PairReplay | None) -> Pair:
+    """The plan's pair with the nodes a resume last found on its host, if one re-read them."""
+    if replayed is None or replayed.probed_nodes is None:
+        return planned
+    probed = Pair.from_record({**planned.to_record(), "nodes": list(replayed.probed_nodes)})
+    return replace(planned, nodes=probed.nodes)
 
 
 def require_trusted(path: Path, contents: JournalContents, trust: StatusTrust) -> None:
@@ -727,8 +768,60 @@ def reload_release(
     return release
 
 
+def fresh_pairs(state: ResumeState, pairs: Sequence[Pair]) -> list[Pair]:
+    """Pairs that a resume starts from a clean state: pending, or rolled back, nothing in flight."""
+    clean = ("pending", "rolled_back")
+    return [p for p in pairs if p.key not in state.in_flight and state.states.get(p.key, "pending") in clean]
+
+
+def reprobe_pairs(
+    state: ResumeState,
+    pairs: Sequence[Pair],
+    *,
+    sessions: Mapping[str, Session],
+    catalog: Catalog,
+    parallel: int = 16,
+) -> dict[tuple[str, str], Pair]:
+    """Check the hosts again and read what `pairs` (clean pairs a resume redoes) run now.
+
+    The nodes recorded at the original check may be stale (a node stopped or started
+    since); restart must start the ones that run now. A host that fails its check, or a
+    pair whose version is no longer the one the run started from, refuses the resume
+    (exit 2) before anything changes. Returns each pair with its current nodes.
+    """
+    by_host: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        by_host.setdefault(pair.host, []).append(pair)
+    java = {h.name: h.java_home for h in state.hosts}
+
+    def probe(host: str) -> HostInventory:
+        return probe_host(
+            sessions[host],
+            admin_user=state.layout.admin_user,
+            install_path=state.layout.install_path,
+            install_user=state.layout.install_user,
+            java_home=java.get(host),
+            services=[catalog.get(p.service) for p in by_host[host]],
+        )
+
+    found = map_hosts(list(by_host), probe, parallel=parallel, what="host check", exit_code=2)
+    changed = [
+        f"[{p.host}]:{p.printed} is at {found[p.host].version_of(p.service) or 'no version'}, "
+        f"not {p.old_version or 'absent'}"
+        for p in pairs
+        if found[p.host].version_of(p.service) != p.old_version
+    ]
+    if changed:
+        raise PlanError(
+            "the cluster changed since this run started: " + "; ".join(changed)
+            + "; start a new upgrade with --upgrade-conf FILE instead"
+        )
+    return {p.key: replace(p, nodes=planned_nodes(found[p.host], p.service)) for p in pairs}
+
+
 def resume_upgrade(
     state: ResumeState,
+    pairs: Sequence[Pair],
     *,
     sessions: Mapping[str, Session],
     release: Release,
@@ -738,16 +831,25 @@ def resume_upgrade(
     reporter: Reporter,
     stop: threading.Event,
 ) -> RunOutcome:
-    """Continue an interrupted or failed upgrade in the same status file.
+    """Continue an interrupted or failed upgrade in the same status file, for `pairs`.
 
-    Verified pairs stay; pairs caught mid-step or failed are rolled back to a clean state and
-    redone; pending ones run.
+    Pairs caught mid-step or failed are rolled back to a clean state and redone; clean
+    ones (given with the nodes `reprobe_pairs` found, recorded first) run; verified ones
+    and pairs not in `pairs` stay as they are. Every run ends with a closing `run` record,
+    also when a rollback before the redo fails.
     """
-    journal = state.journal
-    journal.append({"kind": "run", "detail": {"action": "resume", "result": "started"}})
+    journal = state.writer()
+    started = {"action": "resume", "result": "started", "start_timeout": state.layout.start_timeout}
+    journal.append({"kind": "run", "detail": started})
+    for pair in fresh_pairs(state, pairs):
+        nodes = [{"port": n.port, "running": n.running} for n in pair.nodes]
+        journal.append(
+            {"kind": "probe", "host": pair.host, "service": pair.service,
+             "detail": {"version": pair.old_version, "nodes": nodes}}
+        )
     java_homes = {h.name: h.java_home or "" for h in state.hosts}
     runs = make_runs(
-        state.pairs,
+        pairs,
         state.states,
         journal=journal,
         sessions=sessions,
@@ -759,20 +861,27 @@ def resume_upgrade(
         reporter=reporter,
     )
     states = dict(state.states)
-    for key, run in runs.items():
-        if key in state.in_flight:
-            run.mark_failed(
-                state.in_flight[key], "interrupted: the step had begun but its outcome was not recorded"
-            )
-        if run.state not in ("pending", "verified", "rolled_back"):
-            reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
-            run.fire("rollback")
-        if run.state == "rolled_back":
-            run.fire("retry")
-        states[key] = run.state
+    try:
+        for key, run in runs.items():
+            if key in state.in_flight:
+                run.mark_failed(
+                    state.in_flight[key], "interrupted: the step had begun but its outcome was not recorded"
+                )
+            if run.state not in ("pending", "verified", "rolled_back"):
+                reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
+                run.fire("rollback")
+            if run.state == "rolled_back":
+                run.fire("retry")
+            states[key] = run.state
+    except ScmflowError as exc:
+        _close(journal, "resume", "failed", f"rolling back a pair before redoing it failed: {exc.message}")
+        raise RunFailed(f"rolling back a pair before redoing it failed: {exc.message}", journal.path) from exc
+    except KeyboardInterrupt:
+        _close(journal, "resume", "interrupted")
+        raise RunInterrupted(journal.path) from None
     return _drive_upgrade(
         journal,
-        pairs=state.pairs,
+        pairs=list(pairs),
         states=states,
         sessions=sessions,
         release=release,
@@ -787,3 +896,12 @@ def resume_upgrade(
         fresh=False,
         action="resume",
     )
+
+
+def _close(journal: Journal, action: str, result: str, error: str | None = None) -> None:
+    """Append a run's closing record and release the file."""
+    detail: dict[str, Any] = {"action": action, "result": result}
+    if error is not None:
+        detail["error"] = error
+    with journal:
+        journal.append({"kind": "run", "detail": detail})

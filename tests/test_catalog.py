@@ -224,3 +224,11 @@ def test_listed_names_are_the_reference_listing_names() -> None:
     catalog = load_catalog()
     listed = {s.name: s.listed for s in catalog.services if s.node_kind == "port"}
     assert listed == LISTED_BY_REFERENCE
+
+
+def test_lookup_accepts_every_spelling_an_operator_reads(catalog: Catalog) -> None:
+    spellings = ("service-center", "SERVICE_CENTER", "service_center", "SERVICE-CENTER", " Service-Center ")
+    for spelling in spellings:
+        found = catalog.lookup(spelling)
+        assert found is not None and found.name == "service-center"
+    assert catalog.lookup("nosuch") is None

@@ -367,3 +367,65 @@ def test_printer_off_a_terminal_prints_plain_lines_only(capsys: pytest.CaptureFi
         "[WARN ] careful",
     ]
     assert err == ""
+
+
+# --- the README's tables are the command's --------------------------------------------
+
+
+def _readme_table(heading: str) -> list[list[str]]:
+    """The rows (cells) of the first Markdown table after `heading` in README.md."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_the_readme_exit_code_table_is_the_one_help_prints() -> None:
+    from scmflow.cli import EXIT_CODES
+
+    readme = [(int(code), meaning) for code, meaning in _readme_table("### Exit codes")]
+    assert readme == list(EXIT_CODES)
+    shown = " ".join(invoke("cluster", "--help").output.split())
+    assert "Exit codes:" in shown
+    for code, meaning in EXIT_CODES:
+        assert f"{code} {' '.join(meaning.split())}" in shown
+
+
+def test_the_readme_option_table_names_every_cluster_option() -> None:
+    import re
+
+    from scmflow.cli import cluster
+
+    documented = {
+        option for row in _readme_table("## The command line") for option in re.findall(r"--[a-z-]+", row[0])
+    }
+    declared = {opt for param in cluster.params for opt in param.opts if opt.startswith("--")} - {"--help"}
+    assert documented == declared
+    shown = invoke("cluster", "--help").output
+    assert all(option in shown for option in declared)
+
+
+def test_locks_and_unreachable_hosts_are_refusals() -> None:
+    from scmflow.errors import ConnectError, LockError
+
+    assert LockError("held").exit_code == 2
+    assert ConnectError("down").exit_code == 2
+
+
+def test_an_unknown_rollback_service_is_an_error(workdir: Path) -> None:
+    from scmflow.catalog import load_catalog
+    from scmflow.rollback import match_services
+
+    catalog = load_catalog()
+    assert match_services(catalog, ["GATEWAY", "service_center", "SERVICE-CENTER"]) == (
+        "gateway",
+        "service-center",
+    )
+    with pytest.raises(Exception, match="unknown service.*nosuch") as refused:
+        match_services(catalog, ["nosuch"])
+    assert getattr(refused.value, "exit_code", None) == 2

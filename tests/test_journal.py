@@ -522,6 +522,32 @@ def test_replay_follows_a_later_rollback(tmp_path: Path) -> None:
     assert (pairs[("h2", "gateway")].state, pairs[("h2", "gateway")].in_flight) == ("pending", "rollback")
 
 
+def test_replay_says_which_run_rolled_a_pair_back_and_what_a_resume_probed(tmp_path: Path) -> None:
+    def run(journal: Journal, action: str, result: str) -> None:
+        journal.append({"kind": "run", "detail": {"action": action, "result": result}})
+
+    with Journal.create(tmp_path, header(), now=NOW) as journal:
+        run(journal, "upgrade", "started")
+        journal.append(pair_event("transition", "h1", "gateway", "rollback", "failed", "rolled_back"))
+        run(journal, "upgrade", "failed")
+        run(journal, "rollback", "started")
+        journal.append(pair_event("transition", "h2", "gateway", "rollback", "verified", "rolled_back"))
+        run(journal, "rollback", "success")
+        run(journal, "resume", "started")
+        nodes = [{"port": 8080, "running": False}, {"port": 8081, "running": True}]
+        probe = {"kind": "probe", "host": "h2", "service": "content-server", "detail": {"nodes": nodes}}
+        journal.append(probe)
+        with pytest.raises(JournalError, match="'probe' record needs 'host'"):
+            journal.append({"kind": "probe", "service": "gateway"})
+    pairs = replay(read_journal(journal.path))
+    assert pairs[("h1", "gateway")].rolled_back_by == "upgrade"
+    assert pairs[("h2", "gateway")].rolled_back_by == "rollback"
+    assert pairs[("h1", "content-server")].rolled_back_by is None
+    assert pairs[("h2", "content-server")].probed_nodes == tuple(nodes)
+    assert pairs[("h2", "content-server")].never_started
+    assert not pairs[("h2", "gateway")].never_started
+
+
 def test_replay_keeps_pairs_missing_from_the_plan(tmp_path: Path) -> None:
     with Journal.create(tmp_path, header(), now=NOW) as journal:
         journal.append(pair_event("transition", "h9", "om-server", "backup", "pending", "backed_up"))

@@ -333,7 +333,7 @@ def test_a_holder_on_another_control_machine_needs_break_lock(layout: dict[str, 
     warnings: list[str] = []
     with pytest.raises(LockError) as refused, locks(layout, warnings):
         pass
-    assert refused.value.exit_code == 3
+    assert refused.value.exit_code == 2
     assert "[h1] the run lock" in refused.value.message
     assert "another control machine, ctl-elsewhere" in refused.value.message
     assert "rerun with --break-lock" in refused.value.message

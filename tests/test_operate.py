@@ -273,8 +273,9 @@ def test_an_unset_environment_password_in_the_recorded_config_names_its_line(
 
     assert result.exit_code == 2, result.output + result.stderr
     assert errors(result) == [
-        f"[ERROR] {cfg}:8, field Password: environment variable {ENV_NAME} "
-        f"(Password env:{ENV_NAME}) is not set"
+        f"[ERROR] {cfg}:8, field Password: environment variable {ENV_NAME} is not set: "
+        f"Password env:{ENV_NAME} of host scm-b reads the SSH password from it; "
+        f"export {ENV_NAME}=... before running, or change the cell"
     ]
     assert logins.calls == []
 
@@ -519,3 +520,133 @@ def test_header_values_pass_the_config_validators_whatever_the_mac_says(
         assert line.startswith(f"[ERROR] {status} names an unsafe ") and message in line, line
         assert logins.calls == []
         assert "[WARN ]" not in result.stderr, "nothing of an unvalidated header is shown"
+
+
+# --- resume: what it advances, what it keeps; dry runs write nothing -----------------------
+
+
+def _run(journal: Journal, action: str, result: str) -> None:
+    journal.append({"kind": "run", "detail": {"action": action, "result": result}})
+
+
+def _move(journal: Journal, host: str, trigger: str, src: str, dst: str) -> None:
+    journal.append(
+        {"kind": "transition", "host": host, "service": "gateway", "trigger": trigger, "src": src, "dst": dst}
+    )
+
+
+def mixed_status(tmp_path: Path, *, undo_all: bool = False) -> Path:
+    """scm-a verified then rolled back by --rollback; scm-b rolled back by its failed upgrade;
+    scm-c never started (or, with `undo_all`, scm-b never started either)."""
+    path = write_status(tmp_path, None)
+    status_key = operator_key()
+    fresh = Journal.open_for_append(path, key=status_key)
+    fresh.close()
+    # rebuild the records after the header: write_status verified every pair
+    header = read_journal(path, key=status_key).header
+    path.unlink()
+    header = {k: v for k, v in header.items() if k not in _RESERVED}
+    for entry in header["plan"]:
+        entry["nodes"] = [{"port": 8080, "running": True}, {"port": 8081, "running": False}]
+    journal = Journal.create(tmp_path, header, key=status_key)
+    _run(journal, "upgrade", "started")
+    _move(journal, "scm-a", "verify", "restarted", "verified")
+    if not undo_all:
+        _move(journal, "scm-b", "rollback", "failed", "rolled_back")
+    _run(journal, "upgrade", "failed")
+    _run(journal, "rollback", "started")
+    _move(journal, "scm-a", "rollback", "verified", "rolled_back")
+    _run(journal, "rollback", "success")
+    journal.close()
+    return journal.path
+
+
+_RESERVED = ("format", "format_version", "seq", "time", "epoch", "prev", "key_id")
+
+
+def test_resume_keeps_an_operators_rollback_and_retries_a_failures(tmp_path: Path, logins: Logins) -> None:
+    status = mixed_status(tmp_path)
+    state = operate.read_run(status, trust=StatusTrust(key=operator_key()))
+    assert state.rolled_back_by == {("scm-a", "gateway"): "rollback", ("scm-b", "gateway"): "upgrade"}
+
+    plain = operate.select_resume(state, hosts=None, services=None, catalog=CATALOG)
+    assert [p.host for p in plain.pairs] == ["scm-b", "scm-c"]
+    assert [p.host for p in plain.kept] == ["scm-a"]
+
+    named = operate.select_resume(state, hosts=["SCM-A"], services=["GATEWAY"], catalog=CATALOG)
+    assert [p.host for p in named.pairs] == ["scm-a"] and named.kept == []
+    with pytest.raises(ScmflowError, match="nosuch") as unknown:
+        operate.select_resume(state, hosts=None, services=["nosuch"], catalog=CATALOG)
+    assert unknown.value.exit_code == 2
+
+
+def test_resume_of_a_run_rollback_undid_entirely_does_nothing_unless_named(
+    tmp_path: Path, logins: Logins
+) -> None:
+    status = mixed_status(tmp_path, undo_all=True)
+    state = operate.read_run(status, trust=StatusTrust(key=operator_key()))
+    plain = operate.select_resume(state, hosts=None, services=None, catalog=CATALOG)
+    assert plain.pairs == [] and [p.host for p in plain.kept] == ["scm-a", "scm-b", "scm-c"]
+
+    result = resume(status, "--unattended")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "No pair to resume" in result.stdout
+    assert logins.calls == []
+
+
+def _fingerprint(path: Path) -> tuple[str, int, list[str]]:
+    return (
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        path.stat().st_mtime_ns,
+        sorted(p.name for p in path.parent.iterdir()),
+    )
+
+
+@pytest.mark.parametrize("run", [rollback, resume], ids=["rollback", "resume"])
+def test_a_dry_run_changes_no_byte_of_the_status_file(
+    run: Any, tmp_path: Path, logins: Logins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = mixed_status(tmp_path)
+    journal = Journal.open_for_append(status, key=operator_key())
+    journal.append({"kind": "note", "detail": {"message": "cut short below"}})
+    journal.close()
+    with status.open("r+b") as torn:  # an interrupted write's incomplete last record
+        torn.truncate(status.stat().st_size - 7)
+    assert read_journal(status, key=operator_key()).torn_tail
+    before = _fingerprint(status)
+    monkeypatch.chdir(tmp_path)
+
+    result = run(status, "--dry-run", "--unattended")
+
+    # a rollback dry run goes on to check the pairs on their hosts (here: the recorder)
+    assert result.exit_code in (0, 9), result.output + result.stderr
+    assert _fingerprint(status) == before
+    assert not (tmp_path / "log").exists()
+
+
+def test_a_resume_dry_run_of_a_finished_run_appends_nothing(tmp_path: Path, logins: Logins) -> None:
+    status = write_status(tmp_path, None)  # every pair verified, no closing record
+    before = _fingerprint(status)
+    result = resume(status, "--dry-run", "--unattended")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "already upgraded" in result.stdout
+    assert _fingerprint(status) == before
+
+
+def test_a_resume_dry_run_prints_the_start_timeout_in_force_and_json_on_stdout(
+    tmp_path: Path, logins: Logins
+) -> None:
+    import json
+
+    status = mixed_status(tmp_path)
+    recorded = resume(status, "--dry-run", "--unattended", "--release-dir", str(tmp_path))
+    assert "[INFO ] Node start timeout: 300 s, as the run recorded it" in recorded.stdout
+
+    given = resume(status, "--dry-run", "--unattended", "--start-timeout", "77", "--output", "json")
+    assert given.exit_code == 0, given.output + given.stderr
+    document = json.loads(given.stdout)
+    assert document["action"] == "resume" and document["start_timeout"] == 77
+    states = [(p["host"], p["state"]) for p in document["pairs"]]
+    assert states == [("scm-b", "rolled_back"), ("scm-c", "pending")]
+    assert "[INFO ] Node start timeout: 77 s (--start-timeout; the run recorded 300 s)" in given.stderr
+    assert all("--timeout 77" in " ".join(steps) for steps in document["steps"].values())

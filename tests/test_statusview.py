@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from scmflow.errors import CatalogError
-from scmflow.journal import Journal, read_journal
+from scmflow.journal import Journal, read_journal, replay
 from scmflow.resources import states_file
 from scmflow.statuskey import StatusKey
 from scmflow.statusview import (
@@ -19,6 +19,7 @@ from scmflow.statusview import (
     export_json,
     format_duration,
     list_status_files,
+    never_started_count,
     render_diagram,
     render_list,
     render_show,
@@ -152,6 +153,7 @@ def test_show_summarises_the_run_and_tabulates_pairs(tmp_path: Path) -> None:
     assert "  Hosts     scmServer-a:22 (root), scmServer-b:2222 (root)" in lines
     assert "  Install   /opt/sequoiacm as scmadmin" in lines
     assert "  Outcome   failed" in lines
+    assert "  Pairs     1 of 3 never started" in lines
     start_line = next(line for line in lines if line.startswith("  Started"))
     assert start_line.split()[-1] == read_journal(path).header["time"]
 
@@ -447,3 +449,118 @@ def test_trusted_values_name_every_host_user_and_path() -> None:
         "release     3.2.2 from None",
         "config      none recorded",
     ]
+
+
+# --- pairs never started --------------------------------------------------------------
+
+
+def crashed_then_rolled_back(status_dir: Path, *, touched: bool = True) -> Path:
+    """An upgrade killed after one pair and a half (no closing record), then rolled back.
+
+    The third pair was never reached; with `touched=False` the rollback rolls back nothing.
+    """
+    a, b, _ = PLAN
+    with Journal.create(status_dir, header(), now=START, clock=Ticker(START)) as journal:
+        run(journal, "upgrade", "started")
+        if touched:
+            upgrade(journal, a)
+            upgrade(journal, b, STEPS[:1])
+        path = journal.path
+    with Journal.open_for_append(path, clock=Ticker(START + timedelta(minutes=5))) as journal:
+        run(journal, "rollback", "started")
+        if touched:
+            roll_back(journal, b, "backed_up")
+            roll_back(journal, a, "verified")
+        run(journal, "rollback", "success")
+    return path
+
+
+def test_a_crashed_run_rolled_back_in_full_reads_rolled_back(tmp_path: Path) -> None:
+    path = crashed_then_rolled_back(tmp_path)
+    contents = read_journal(path)
+    lines = render_show(contents).splitlines()
+    assert "  Outcome   rolled back" in lines
+    assert "  Pairs     1 of 3 never started" in lines
+    assert lines.index("  Pairs     1 of 3 never started") == lines.index("  Outcome   rolled back") + 1
+    exported = json.loads(json.dumps(export_json(contents)))
+    assert (exported["outcome"], exported["never_started"]) == ("rolled back", 1)
+    [summary] = list_status_files(tmp_path)
+    assert (summary.outcome, summary.never_started) == ("rolled back", 1)
+    assert summary.states == {"rolled_back": 2, "pending": 1}
+    assert render_list([summary]).rstrip("\n").endswith("[1 pending, 2 rolled_back] (1 never started)")
+
+
+def test_a_rollback_of_a_run_that_reached_no_pair_reads_rolled_back(tmp_path: Path) -> None:
+    contents = read_journal(crashed_then_rolled_back(tmp_path, touched=False))
+    assert never_started_count(replay(contents)) == 3
+    assert export_json(contents)["outcome"] == "rolled back"
+    assert "  Pairs     3 of 3 never started" in render_show(contents).splitlines()
+
+
+def test_a_pair_with_an_action_begun_or_failed_was_started(tmp_path: Path) -> None:
+    a, b, c = PLAN
+    with Journal.create(tmp_path, header(), now=START, clock=Ticker(START)) as journal:
+        run(journal, "upgrade", "started")
+        upgrade(journal, a)
+        # killed while b's backup ran: b is still pending, but something may have been done
+        journal.append(pair_event("begin", b, "backup", "pending", "backed_up"))
+        # a note names c: still, nothing was done to it
+        journal.append({"kind": "note", "host": c["host"], "service": c["service"], "detail": "checked"})
+        path = journal.path
+    with Journal.open_for_append(path, clock=Ticker(START + timedelta(minutes=5))) as journal:
+        run(journal, "rollback", "started")
+        roll_back(journal, a, "verified")
+        run(journal, "rollback", "success")
+    contents = read_journal(path)
+    pairs = replay(contents)
+    assert pairs[(b["host"], b["service"])].state == "pending"
+    assert never_started_count(pairs) == 1
+    exported = export_json(contents)
+    assert (exported["outcome"], exported["never_started"]) == ("partially rolled back", 1)
+
+
+def test_pairs_never_started_do_not_make_a_failed_upgrade_a_success_or_a_rollback(tmp_path: Path) -> None:
+    for outcome in ("success", "failed", "interrupted"):
+        contents = read_journal(write_scenario(tmp_path / outcome, outcome, START))
+        exported = export_json(contents)
+        expected = {"success": 0, "failed": 1, "interrupted": 1}[outcome]
+        assert (exported["outcome"], exported["never_started"]) == (outcome, expected)
+
+
+# --- escapes --------------------------------------------------------------------------
+
+RED = "\x1b[31m"
+
+
+def test_show_and_list_escape_control_characters_from_the_file(tmp_path: Path) -> None:
+    hostile = header()
+    hostile["argv"] = ["scm.py", "cluster", f"--upgrade{RED}", "--unattended"]
+    hostile["operator"] = "root\r\x07"
+    hostile["release"] = {"version": f"3.2.2{RED}", "packages": []}
+    plan = [{**PLAN[0], "host": "scmServer-a\nFAKE verified"}, *PLAN[1:]]
+    hostile["plan"] = plan
+    with Journal.create(tmp_path, hostile, now=START, clock=Ticker(START)) as journal:
+        run(journal, "upgrade", "started")
+        journal.append(pair_event("begin", PLAN[1], "backup", "pending", "backed_up"))
+        journal.append(pair_event("fail", PLAN[1], "backup", "pending", "failed",
+                                  {"error": f"disk {RED}full\u202e", "stderr": f"cp: {RED}no space"}))
+        run(journal, "upgrade", "failed")
+        path = journal.path
+
+    text = render_show(read_journal(path), timeline=True)
+    printed = text.replace("\n", "")  # the renderer's own line breaks
+    assert all(ch.isprintable() for ch in printed), [ch for ch in printed if not ch.isprintable()]
+    lines = text.splitlines()
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    assert "  Command   scm.py cluster --upgrade\\x1b[31m --unattended" in lines
+    assert "  Operator  root\\r\\x07 on ctl-1" in lines
+    assert any(line.startswith("  Release   3.2.2\\x1b[31m") for line in lines)
+    assert "  [scmServer-b] gateway: disk \\x1b[31mfull\\u202e" in lines
+    assert "stderr: cp: \\x1b[31mno space" in text
+    # a newline in a host name does not start a row of its own
+    assert any(line.startswith("scmServer-a\\nFAKE verified ") for line in lines)
+    assert not any(line.startswith("FAKE") for line in lines)
+
+    listed = render_list(list_status_files(tmp_path))
+    assert all(ch.isprintable() for ch in listed.rstrip("\n"))
+    assert " 3.2.2\\x1b[31m  " in listed

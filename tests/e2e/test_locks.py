@@ -36,7 +36,7 @@ from tests.hosts import TestCluster, TestHost
 
 pytestmark = pytest.mark.e2e
 
-LOCK_EXIT = 3
+LOCK_EXIT = 2
 SLOW_START = 25.0
 Record = dict[str, Any]
 
@@ -127,7 +127,7 @@ def error_lines(text: str) -> list[str]:
 
 
 def refused(done: subprocess.CompletedProcess[str]) -> str:
-    """The one [ERROR] line of a run refused for a lock (exit 3, no traceback)."""
+    """The one [ERROR] line of a run refused for a lock (exit 2, no traceback)."""
     shown = done.stdout + done.stderr
     assert done.returncode == LOCK_EXIT, shown
     assert "Traceback" not in shown
