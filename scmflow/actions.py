@@ -148,11 +148,15 @@ class HostActions:
         return spec, self._start_timeout(pair)
 
     def _verify(self, pair: Pair) -> tuple[dict[str, Any], float]:
+        # the health gate: every restarted node UP with the new version within the start timeout
         spec = self._base(pair)
         spec.update(
-            version=pair.new_version, ports=list(pair.running_ports), daemon=pair.daemon_running
+            version=pair.new_version,
+            ports=list(pair.running_ports),
+            daemon=pair.daemon_running,
+            wait=self.layout.start_timeout,
         )
-        return spec, 300.0
+        return spec, float(max(300, self.layout.start_timeout + 120))
 
     def _restore(self, pair: Pair) -> tuple[dict[str, Any], float]:
         spec = self._base(pair)

@@ -837,6 +837,8 @@ def health_problems(
         problems.append(f"version on disk is {found or 'none'}, expected {version or 'none'}")
     state: Dict[str, Any] = {"version": found}
 
+    healthy: Dict[str, float] = {}
+
     def node_problems() -> List[str]:
         out: List[str] = []
         if ports:
@@ -846,6 +848,8 @@ def health_problems(
                 problem = node_problem(ctx, port, running, version)
                 if problem:
                     out.append(problem)
+                elif str(port) not in healthy:
+                    healthy[str(port)] = seconds_since_start(running[port])
         if daemon:
             state["daemon_pid"] = daemon_pid(ctx)
             if state["daemon_pid"] is None:
@@ -859,7 +863,23 @@ def health_problems(
         return not nodes
 
     wait_for(settled, wait)
+    if ports:
+        # how long each node took from its process start to its first healthy answer
+        state["healthy_after_s"] = healthy
     return problems + nodes, state
+
+
+def seconds_since_start(pid: int) -> float:
+    """Seconds since process `pid` started (from /proc), or -1.0 when that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return -1.0
+    return round(max(0.0, time.time() - started), 2)
 
 
 # ---------------------------------------------------------------- host side: packages

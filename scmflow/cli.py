@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from scmflow import __version__
+from scmflow.availability import MaxUnavailable, parse_max_unavailable
 from scmflow.catalog import load_catalog
 from scmflow.errors import ScmflowError, UsageError
 from scmflow.statuskey import StatusKey, key_path, load_key
@@ -225,6 +226,10 @@ class ClusterOptions:
     trust_status_file: bool = False
     # whether --release-dir was given: resume otherwise uses the release the file records
     release_dir_given: bool = False
+    # the availability guard (scmflow/availability.py) and the canary pause
+    max_unavailable: MaxUnavailable | None = None
+    allow_outage: bool = False
+    pause_after: int | None = None
 
 
 @main.command(
@@ -277,6 +282,23 @@ Examples:
     default=1,
     show_default=True,
     help="Hosts upgraded at once within a service.",
+)
+@click.option(
+    "--max-unavailable",
+    metavar="N|N%",
+    help="At most N hosts (or N% of the hosts that ran it) of a service down at once [default: "
+    "--parallel, and never every host that ran the service].",
+)
+@click.option(
+    "--allow-outage",
+    is_flag=True,
+    help="Allow every node of a service to be down at once (then --parallel alone caps a stage).",
+)
+@click.option(
+    "--pause-after",
+    type=click.IntRange(1, None),
+    metavar="N",
+    help="Stop cleanly once N pairs are verified (a canary); resume carries on.",
 )
 @click.option(
     "--parallel-ssh",
@@ -342,6 +364,8 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         raise UsageError("--upgrade needs --upgrade-conf FILE (or --upgrade-status-path FILE to resume)")
     if raw["trust_status_file"] and not raw["status_path"]:
         raise UsageError("--trust-status-file needs --upgrade-status-path FILE")
+    if raw["rollback"] and raw["pause_after"] is not None:
+        raise UsageError("--pause-after pauses an upgrade or a resume, not a rollback")
     release_dir = absolute(Path(raw["release_dir"] or "."))
     if raw["status_dir"]:
         status_dir = absolute(Path(raw["status_dir"]))
@@ -370,7 +394,14 @@ def _cluster_options(raw: dict[str, Any]) -> ClusterOptions:
         status_key=raw["status_key"],
         trust_status_file=raw["trust_status_file"],
         release_dir_given=raw["release_dir"] is not None,
+        max_unavailable=_max_unavailable(raw["max_unavailable"]),
+        allow_outage=raw["allow_outage"],
+        pause_after=raw["pause_after"],
     )
+
+
+def _max_unavailable(text: str | None) -> MaxUnavailable | None:
+    return None if text is None else parse_max_unavailable(text)
 
 
 def absolute(path: Path) -> Path:

@@ -6,7 +6,9 @@ comma-separated header line, then one line per row. Table cells are trimmed; `'`
 a cell (a quoted cell keeps its spaces and may hold commas; `''` inside it is one quote)
 and `\\` escapes `,`, `'` and `\\` anywhere (before any other character it is a plain
 backslash, so Windows-style text survives). A `key=value` value is taken verbatim after
-trimming, unless it starts with `'`: then it is one quoted cell.
+trimming, unless it starts with `'`: then it is one quoted cell. The hook keys
+(`hookPreStop`, `hookPostVerify`, `hookPostRollback`) are the exception: their value is a
+command line, split by shlex with a shell's quoting rules and never run through a shell.
 
 Leniencies, all deliberate: section names, column names and keys match case-insensitively;
 unknown columns (real configs carry InstallUserPassword and InstallUserGroup) and unknown
@@ -27,6 +29,14 @@ from typing import Literal
 
 from scmflow.catalog import Catalog
 from scmflow.errors import ConfigError
+from scmflow.hooks import (
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    Hooks,
+    check_timeout,
+    parse_command,
+)
 
 PasswordSource = Literal["none", "literal", "prompt", "env"]
 
@@ -57,7 +67,23 @@ _INSTALL_REQUIRED = ("InstallPath",)
 _INSTALL_IGNORED = ("InstallUserPassword", "InstallUserGroup")
 _HOST_COLUMNS = ("HostName", "SshPort", "User", "Password", "JavaHome")
 _HOST_REQUIRED = ("HostName", "User")
-_CONFIG_KEYS = ("service", "upgradePackPath", "backupPath")
+_CONFIG_KEYS = (
+    "service",
+    "upgradePackPath",
+    "backupPath",
+    "hookPreStop",
+    "hookPostVerify",
+    "hookPostRollback",
+    "hookTimeout",
+)
+# Hook command keys and the Hooks field each fills.
+_HOOK_KEYS = (
+    ("hookPreStop", "pre_stop"),
+    ("hookPostVerify", "post_verify"),
+    ("hookPostRollback", "post_rollback"),
+)
+_HOOK_KEYS_LOWER = frozenset(key.lower() for key, _ in _HOOK_KEYS)
+_TIMEOUT_RE = re.compile(r"^\d{1,6}$")
 
 _PORT_RE = re.compile(r"^\d{1,5}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]+$")
@@ -157,6 +183,8 @@ class UpgradeConfig:
     warnings: tuple[str, ...] = ()
     # The file it was read from; None when parsed from text (parse_config).
     file: ConfigFile | None = None
+    # Operator commands run around each pair's upgrade; by default none.
+    hooks: Hooks = Hooks()
 
     def host_names(self) -> tuple[str, ...]:
         """Host names in config order."""
@@ -209,6 +237,9 @@ class _Value:
     line: int
     key: str
     text: str
+    # The trimmed text before any unquoting: hook command lines are split by shlex,
+    # whose own quoting rules apply to the whole line.
+    raw: str = ""
 
 
 class _CellError(ValueError):
@@ -282,6 +313,7 @@ def parse_config(text: str, path: str, catalog: Catalog) -> UpgradeConfig:
     backup = _config_dir(values.get("backuppath"), DEFAULT_BACKUP_PATH, path)
     _check_outside_install("upgradePackPath", pack, install_path, values, path)
     _check_outside_install("backupPath", backup, install_path, values, path)
+    hooks = _config_hooks(values, path)
     return UpgradeConfig(
         path=path,
         install_path=install_path,
@@ -291,6 +323,7 @@ def parse_config(text: str, path: str, catalog: Catalog) -> UpgradeConfig:
         upgrade_pack_path=pack,
         backup_path=backup,
         warnings=tuple(warnings),
+        hooks=hooks,
     )
 
 
@@ -762,10 +795,10 @@ def _read_value(line: _Line, path: str, section: str) -> _Value:
     key = key.strip()
     if not key:
         raise ConfigError("empty key before '='", path=path, line=line.number)
-    text = rest.strip()
-    if text.startswith(_QUOTE):
+    raw = text = rest.strip()
+    if text.startswith(_QUOTE) and key.lower() not in _HOOK_KEYS_LOWER:
         text = _unquote_value(text, path, line.number, key)
-    return _Value(line.number, key, text)
+    return _Value(line.number, key, text, raw)
 
 
 def _unquote_value(text: str, path: str, line: int, key: str) -> str:
@@ -817,6 +850,40 @@ def _config_dir(value: _Value | None, default: str, path: str) -> str:
             field=value.key,
         ) from exc
     return directory
+
+
+def _config_hooks(values: dict[str, _Value], path: str) -> Hooks:
+    commands = {
+        name: _hook_command(values.get(key.lower()), path) for key, name in _HOOK_KEYS
+    }
+    return Hooks(
+        pre_stop=commands["pre_stop"],
+        post_verify=commands["post_verify"],
+        post_rollback=commands["post_rollback"],
+        timeout=_hook_timeout(values.get("hooktimeout"), path),
+    )
+
+
+def _hook_command(value: _Value | None, path: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_command(value.raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=path, line=value.line, field=value.key) from exc
+
+
+def _hook_timeout(value: _Value | None, path: str) -> int:
+    if value is None or not value.text:
+        return DEFAULT_TIMEOUT
+    problem = f"'{value.text}' is not a whole number of seconds ({MIN_TIMEOUT}-{MAX_TIMEOUT})"
+    if not _TIMEOUT_RE.match(value.text):
+        raise ConfigError(problem, path=path, line=value.line, field=value.key)
+    try:
+        check_timeout(int(value.text))
+    except ValueError as exc:
+        raise ConfigError(problem, path=path, line=value.line, field=value.key) from exc
+    return int(value.text)
 
 
 def _check_outside_install(

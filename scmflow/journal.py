@@ -38,7 +38,8 @@ UNSIGNED_FORMAT_VERSION = 1  # records without a MAC: older files, and journals 
 FILE_PREFIX = "upgrade_status_"
 NAME_TIME_FORMAT = "%Y-%m-%d-%H:%M:%S"
 # `probe`: what resume found on a pair's host before redoing it (its version and nodes then)
-EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run", "probe"})
+# `hook`: an operator hook run for a pair (phase, argv, exit code, duration, output tail)
+EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run", "probe", "hook"})
 PAIR_KINDS = frozenset({"begin", "transition", "fail"})
 INITIAL_STATE = "pending"
 FAILED_STATE = "failed"
@@ -649,10 +650,10 @@ def _check_event(event: Mapping[str, Any]) -> None:
                 raise JournalError(f"a '{kind}' record needs '{key}' as a string")
         if kind == "transition" and not isinstance(event.get("dst"), str):
             raise JournalError("a 'transition' record needs 'dst' as a string")
-    if kind == "probe":
+    if kind in ("probe", "hook"):
         for key in ("host", "service"):
             if not isinstance(event.get(key), str):
-                raise JournalError(f"a 'probe' record needs '{key}' as a string")
+                raise JournalError(f"a '{kind}' record needs '{key}' as a string")
     secret = find_secret_key(event)
     if secret is not None:
         raise JournalError(f"refusing to write a secret into the status file (record key {secret})")

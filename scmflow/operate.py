@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from scmflow.availability import StageLimit, single_host_warnings, stage_limits
+from scmflow.availability import describe as describe_limit
 from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import (
@@ -29,7 +31,8 @@ from scmflow.config import (
     select_services,
 )
 from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, UsageError
-from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal
+from scmflow.hooks import dry_run_hook_lines
+from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal, replay
 from scmflow.locks import clear_dead_host_locks, run_locks
 from scmflow.machine import Lifecycle, load_lifecycle
 from scmflow.plan import Pair
@@ -53,6 +56,7 @@ from scmflow.upgrade import (
     ResumeState,
     RunFailed,
     RunInterrupted,
+    RunOutcome,
     RunSettings,
     StatusTrust,
     Target,
@@ -236,6 +240,8 @@ def _target(config: UpgradeConfig, options: ClusterOptions, catalog: Catalog) ->
         upgrade_pack_path=config.upgrade_pack_path,
         backup_path=config.backup_path,
         config=config.file,
+        hooks=config.hooks,
+        secret_names=tuple(h.password_env for h in config.hosts if h.password_env),
     )
 
 
@@ -271,11 +277,7 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
             run_id = uuid.uuid4().hex
             # made on first use: every record of the status file is signed with it
             status_key = load_or_create_key(key_path(options.status_key))
-            settings = RunSettings(
-                parallel=options.parallel,
-                parallel_ssh=options.parallel_ssh,
-                start_timeout=_upgrade_start_timeout(options),
-            )
+            settings = _settings(options, _upgrade_start_timeout(options))
             locks = run_locks(
                 options.status_dir,
                 {h: checked.sessions[h] for h in checked.plan.hosts()},
@@ -305,9 +307,31 @@ def _upgrade(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int
                     return _report_run_error(printer, exc)
         finally:
             checked.close()
-    printer.info(
-        f"Upgrade service success, generate upgrade status file success, file location:{outcome.status_path}"
+    return _report_outcome(printer, outcome)
+
+
+def _settings(options: ClusterOptions, start_timeout: int) -> RunSettings:
+    return RunSettings(
+        parallel=options.parallel,
+        parallel_ssh=options.parallel_ssh,
+        start_timeout=start_timeout,
+        max_unavailable=options.max_unavailable,
+        allow_outage=options.allow_outage,
+        pause_after=options.pause_after,
     )
+
+
+def _report_outcome(printer: Printer, outcome: RunOutcome) -> int:
+    """The closing line of an upgrade or resume that did not fail: success or a pause."""
+    path = outcome.status_path
+    if outcome.paused:
+        verified = sum(1 for s in replay(read_journal(path)).values() if s.state == "verified")
+        printer.info(
+            f"Paused after {verified} of {outcome.pairs} pairs; resume with: "
+            f"scm.py cluster --upgrade --upgrade-status-path {path}"
+        )
+        return EXIT_OK
+    printer.info(f"Upgrade service success, generate upgrade status file success, file location:{path}")
     return EXIT_OK
 
 
@@ -322,10 +346,17 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
     from scmflow.cli import confirm, echo_json
 
     plan = checked.plan
-    for warning in plan_warnings(plan):
+    limits = stage_limits(plan.pairs, _settings(options, 0).guard)
+    for warning in plan_warnings(plan) + single_host_warnings(limits):
         printer.warn(warning)
     if options.output == "json":
-        document = {"action": "upgrade", **plan.to_record(), "start_timeout": _upgrade_start_timeout(options)}
+        document = {
+            "action": "upgrade",
+            **plan.to_record(),
+            "start_timeout": _upgrade_start_timeout(options),
+            "stages": [limit.to_record() for limit in limits],
+            "pause_after": options.pause_after,
+        }
         if options.dry_run:
             document["steps"] = _steps(checked, catalog, options)
         echo_json(document)
@@ -335,6 +366,7 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
     printer.info("Prepare to upgrade services in this order")
     for line in plan_lines(plan.pairs):
         printer.info(line)
+    _print_limits(printer, limits, options)
     if options.dry_run:
         if options.output == "text":
             _print_steps(printer, _steps(checked, catalog, options))
@@ -350,10 +382,21 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
 
 def _steps(checked: CheckedCluster, catalog: Catalog, options: ClusterOptions) -> dict[str, list[str]]:
     layout = make_layout(checked.target, "<timestamp>", _upgrade_start_timeout(options))
+    hooks = checked.target.hooks
     return {
-        pair.label(): dry_run_steps(pair, catalog, layout, checked.release.package_for(pair.service).name)
+        pair.label(): dry_run_hook_lines(hooks, "pre_stop")
+        + dry_run_steps(pair, catalog, layout, checked.release.package_for(pair.service).name)
+        + dry_run_hook_lines(hooks, "post_verify")
         for pair in checked.plan.pairs
     }
+
+
+def _print_limits(printer: Printer, limits: Sequence[StageLimit], options: ClusterOptions) -> None:
+    """One line per stage: hosts, how many at once, whether a node keeps serving; and the pause."""
+    for limit in limits:
+        printer.info(describe_limit(limit))
+    if options.pause_after is not None:
+        printer.info(f"The run pauses once {options.pause_after} pairs are verified (--pause-after)")
 
 
 def _print_steps(printer: Printer, steps: Mapping[str, Sequence[str]]) -> None:
@@ -545,11 +588,18 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     if not selection.pairs:
         return _nothing_to_resume(options, state, selection, catalog, printer)
     steps = _resume_steps(state, selection.pairs, catalog) if options.dry_run else {}
+    limits = stage_limits(selection.pairs, _settings(options, 0).guard)
+    for warning in single_host_warnings(limits):
+        printer.warn(warning)
     if options.output == "json":
-        echo_json(_status_plan_document("resume", state, selection.pairs, steps))
+        document = _status_plan_document("resume", state, selection.pairs, steps)
+        document["stages"] = [limit.to_record() for limit in limits]
+        document["pause_after"] = options.pause_after
+        echo_json(document)
     printer.info("Prepare to resume the upgrade of these services in this order")
     for pair in selection.pairs:
         printer.info(f"{pair.label()} ({_state_word(state, pair)})")
+    _print_limits(printer, limits, options)
     if options.dry_run:
         if options.output == "text":
             _print_steps(printer, steps)
@@ -584,11 +634,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
                         release=release,
                         catalog=catalog,
                         lifecycle=load_lifecycle(),
-                        settings=RunSettings(
-                            parallel=options.parallel,
-                            parallel_ssh=options.parallel_ssh,
-                            start_timeout=state.layout.start_timeout,
-                        ),
+                        settings=_settings(options, state.layout.start_timeout),
                         reporter=printer,
                         stop=stop,
                     )
@@ -596,10 +642,7 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
                     return _report_run_error(printer, exc)
         finally:
             close_sessions(sessions)
-    printer.info(
-        f"Upgrade service success, generate upgrade status file success, file location:{outcome.status_path}"
-    )
-    return EXIT_OK
+    return _report_outcome(printer, outcome)
 
 
 @dataclass(frozen=True)
@@ -702,8 +745,11 @@ def _resume_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -
         current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
         if current not in ("pending", "rolled_back", "verified"):
             steps += rollback_steps(pair, catalog, state.layout, _rollback_action(lifecycle, current))
+            steps += dry_run_hook_lines(state.hooks, "post_rollback")
         package = packages.get(pair.service, "(no package recorded)")
+        steps += dry_run_hook_lines(state.hooks, "pre_stop")
         steps += dry_run_steps(pair, catalog, state.layout, package)
+        steps += dry_run_hook_lines(state.hooks, "post_verify")
         out[pair.label()] = steps
     return out
 
@@ -715,7 +761,7 @@ def _rollback_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog)
         current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
         out[pair.label(reverse=True)] = rollback_steps(
             pair, catalog, state.layout, _rollback_action(lifecycle, current)
-        )
+        ) + dry_run_hook_lines(state.hooks, "post_rollback")
     return out
 
 

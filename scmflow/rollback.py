@@ -16,7 +16,7 @@ from scmflow.plan import Pair, group_stages
 from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.scheduler import Scheduler
-from scmflow.upgrade import Progress, ResumeState, RunOutcome, _finish, make_runs
+from scmflow.upgrade import Progress, ResumeState, RunOutcome, _finish, make_runs, state_hooks
 
 # States whose files are the new version's when nothing was in flight: the original's checks apply.
 _CLEAN_UPGRADED = ("replaced", "restarted", "verified")
@@ -207,6 +207,7 @@ def execute_rollback(
     def on_pair_start(pair: Pair) -> None:
         reporter.info(f"Rolling back Service: rolling back {pair.printed} on {pair.host} {progress.next()}")
 
-    scheduler = Scheduler(runs, parallel=parallel, stop=stop, on_pair_start=on_pair_start)
+    hooks = state_hooks(state, journal, reporter)
+    scheduler = Scheduler(runs, parallel=parallel, stop=stop, on_pair_start=on_pair_start, hooks=hooks)
     result = scheduler.rollback(group_stages(pairs))
     return _finish(journal, result, action="rollback", pairs=len(pairs))

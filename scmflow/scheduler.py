@@ -14,10 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from scmflow.errors import ScmflowError
+from scmflow.hooks import HookFailed, PairHooks
+from scmflow.hooks import describe as describe_hook
 from scmflow.machine import FAILED, PairRun
 from scmflow.plan import Pair
 
 UPGRADE_TRIGGERS = ("backup", "replace", "restart", "verify")
+# states in which a pair's nodes have not been stopped yet: the pre_stop hook runs there
+BEFORE_STOP = ("pending", "backed_up")
 DONE = "verified"
 ROLLED_BACK = "rolled_back"
 
@@ -39,6 +43,8 @@ class StageResult:
     failures: list[PairFailure] = field(default_factory=list)
     interrupted: bool = False
     completed: list[Pair] = field(default_factory=list)
+    # `pause_after` pairs were verified and pairs are left: the run stopped there on purpose
+    paused: bool = False
 
 
 class Scheduler:
@@ -51,12 +57,20 @@ class Scheduler:
         parallel: int,
         stop: threading.Event,
         on_pair_start: Callable[[Pair], None] | None = None,
+        stage_cap: Callable[[Sequence[Pair]], int] | None = None,
+        pause_after: int | None = None,
+        hooks: PairHooks | None = None,
     ) -> None:
         self.runs = runs
         self.parallel = max(1, parallel)
         self.stop = stop
         self.on_pair_start = on_pair_start
+        # pairs of a stage in flight at once (the availability guard); default: `parallel`
+        self.stage_cap = stage_cap
+        self.pause_after = pause_after
+        self.hooks = hooks
         self._halt = threading.Event()
+        self._pause = threading.Event()
         self._lock = threading.Lock()
 
     def upgrade(self, stages: Sequence[Sequence[Pair]]) -> StageResult:
@@ -76,9 +90,10 @@ class Scheduler:
     ) -> StageResult:
         result = StageResult()
         for stage in stages:
-            if self._halt.is_set() or self.stop.is_set():
+            if self._halt.is_set() or self.stop.is_set() or self._pause.is_set():
                 break
-            workers = min(self.parallel, len(stage))
+            cap = self.stage_cap(stage) if self.stage_cap is not None else self.parallel
+            workers = max(1, min(cap, len(stage)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pair") as pool:
                 futures = [pool.submit(self._guarded, work, pair, result) for pair in stage]
                 for future in futures:
@@ -86,10 +101,12 @@ class Scheduler:
             if result.failures and halt_on_failure:
                 self._halt.set()
         result.interrupted = self.stop.is_set()
+        left = any(self.runs[p.key].state != DONE for stage in stages for p in stage)
+        result.paused = self._pause.is_set() and left and not result.failures and not result.interrupted
         return result
 
     def _guarded(self, work: Callable[[Pair, StageResult], None], pair: Pair, result: StageResult) -> None:
-        if self._halt.is_set() or self.stop.is_set():
+        if self._halt.is_set() or self.stop.is_set() or self._pause.is_set():
             return
         work(pair, result)
 
@@ -99,6 +116,9 @@ class Scheduler:
             return
         if self.on_pair_start is not None:
             self.on_pair_start(pair)
+        # before the pair's nodes stop (replace stops them): a drain from the load balancer
+        if run.state in BEFORE_STOP and not self._hook_passed(run, pair, "pre_stop", result):
+            return
         for trigger in UPGRADE_TRIGGERS:
             if not run.can(trigger):
                 continue
@@ -109,9 +129,26 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and rolled back
                 self._record_failure(result, self._rollback_failed(run, pair, trigger, exc))
                 return
+        if run.state == DONE and not self._hook_passed(run, pair, "post_verify", result):
+            return
         if run.state == DONE:
             with self._lock:
                 result.completed.append(pair)
+                # pairs already in flight finish; no new one starts
+                if self.pause_after is not None and len(result.completed) >= self.pause_after:
+                    self._pause.set()
+
+    def _hook_passed(self, run: PairRun, pair: Pair, phase: str, result: StageResult) -> bool:
+        """Run `phase`'s hook; a failure fails the pair, which is rolled back like any failure."""
+        if self.hooks is None:
+            return True
+        outcome = self.hooks.run(phase, pair)
+        if outcome is None or outcome.ok:
+            return True
+        error = HookFailed(describe_hook(outcome))
+        run.mark_failed(phase, error.message)
+        self._record_failure(result, self._rollback_failed(run, pair, phase, error))
+        return False
 
     def _rollback_failed(self, run: PairRun, pair: Pair, trigger: str, exc: BaseException) -> PairFailure:
         self._halt.set()
@@ -120,7 +157,14 @@ class Scheduler:
             run.fire("rollback")
         except Exception as rb_exc:  # noqa: BLE001 - reported with the original failure
             failure.rollback_error = rb_exc
+        else:
+            self._after_rollback(pair)
         return failure
+
+    def _after_rollback(self, pair: Pair) -> None:
+        """The post_rollback hook: a failure is recorded and said, and the rollback goes on."""
+        if self.hooks is not None:
+            self.hooks.run("post_rollback", pair)
 
     def _rollback_pair(self, pair: Pair, result: StageResult) -> None:
         run = self.runs[pair.key]
@@ -133,6 +177,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - recorded; the other pairs still roll back
             self._record_failure(result, PairFailure(pair=pair, trigger="rollback", error=exc))
             return
+        self._after_rollback(pair)
         with self._lock:
             result.completed.append(pair)
 

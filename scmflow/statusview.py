@@ -5,6 +5,7 @@ Pure functions returning strings or plain data; the CLI prints them.
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 import tomllib
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import Any
 import msgpack
 
 from scmflow.errors import CatalogError, JournalError
+from scmflow.hooks import PHASES
 from scmflow.journal import (
     AUTHENTIC,
     FILE_PREFIX,
@@ -43,10 +45,11 @@ INTERRUPTED = "interrupted"
 ROLLED_BACK = "rolled back"
 PARTIALLY_ROLLED_BACK = "partially rolled back"
 UNREADABLE = "unreadable"
-OUTCOMES = (SUCCESS, FAILED, INTERRUPTED, ROLLED_BACK, PARTIALLY_ROLLED_BACK, UNREADABLE)
+PAUSED = "paused"
+OUTCOMES = (SUCCESS, FAILED, INTERRUPTED, PAUSED, ROLLED_BACK, PARTIALLY_ROLLED_BACK, UNREADABLE)
 
 # `run` record results that close a run; "started" opens one.
-_CLOSING_RESULTS = frozenset({"success", "failed", "interrupted"})
+_CLOSING_RESULTS = frozenset({"success", "failed", "interrupted", "paused"})
 # Pair records that mean an action was at least attempted on the pair.
 _ACTION_KINDS = frozenset({"begin", "transition", "fail"})
 _LABEL_WIDTH = 10
@@ -98,6 +101,8 @@ def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairRe
     last_result = last.get("result")
     if last_result not in _CLOSING_RESULTS or last_result == INTERRUPTED:
         return INTERRUPTED
+    if last_result == PAUSED:
+        return PAUSED
     states = [p.state for p in pairs.values()]
     rolled_back = sum(1 for s in states if s == "rolled_back")
     # A crash can stop an upgrade before it reaches some pairs; a rollback then leaves them
@@ -175,7 +180,21 @@ def trusted_values(header: Mapping[str, Any]) -> list[str]:
         f"backup dir  {layout.get('backup_dir')}",
         f"release     {release.get('version')} from {release.get('root')}",
         f"config      {config.get('path') if isinstance(config, Mapping) else 'none recorded'}",
+        *_hook_lines(header.get("hooks")),
     ]
+
+
+def _hook_lines(record: Any) -> list[str]:
+    """The commands a header's hooks would run on this control machine (escaped)."""
+    if not isinstance(record, Mapping):
+        return []
+    lines = []
+    for phase in PHASES:
+        argv = record.get(phase)
+        if isinstance(argv, list | tuple) and argv:
+            command = _printable(shlex.join(str(word) for word in argv))
+            lines.append(f"hook        {phase}: {command} (runs on this control machine)")
+    return lines
 
 
 # --- show ---------------------------------------------------------------------------

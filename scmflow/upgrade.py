@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import socket
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 from scmflow import __version__
 from scmflow.actions import HostActions, RemoteLayout
+from scmflow.availability import Guard, MaxUnavailable, stage_limit
 from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
 from scmflow.config import (
@@ -31,6 +33,7 @@ from scmflow.config import (
 from scmflow.distribute import distribute
 from scmflow.errors import JournalError, PlanError, ReleaseError, ScmflowError, UntrustedStatusFile
 from scmflow.fanout import map_hosts
+from scmflow.hooks import Hooks, PairHooks
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.journal import Authenticity, Journal, JournalContents, PairReplay, read_journal, replay
 from scmflow.machine import Lifecycle, PairRun
@@ -96,6 +99,10 @@ class Target:
     # The upgrade.cfg this target was read from, recorded so that a rollback or resume
     # without --upgrade-conf can take the passwords from it; None when there is none (demo).
     config: ConfigFile | None = None
+    # The operator's hooks (upgrade.cfg [config]), recorded in the header for rollback and resume.
+    hooks: Hooks = field(default_factory=Hooks)
+    # Environment variables that hold passwords (Password env:NAME): never passed to a hook.
+    secret_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -121,6 +128,8 @@ class RunOutcome:
     result: StageResult
     pairs: int = 0
     messages: list[str] = field(default_factory=list)
+    # stopped on purpose after --pause-after pairs; resume carries on
+    paused: bool = False
 
 
 class RunFailed(ScmflowError):
@@ -268,6 +277,9 @@ def build_header(
             },
         },
         "plan": [p.to_record() for p in checked.plan.pairs],
+        "hooks": checked.target.hooks.to_record(),
+        # names (never values) of the environment variables that hold SSH passwords
+        "hook_env_exclude": list(checked.target.secret_names),
         **config,
     }
 
@@ -294,6 +306,22 @@ class RunSettings:
     parallel: int = 1
     parallel_ssh: int = 16
     start_timeout: int = 300
+    max_unavailable: MaxUnavailable | None = None
+    allow_outage: bool = False
+    # stop cleanly once this many pairs were verified in this run (a canary); None: never
+    pause_after: int | None = None
+
+    @property
+    def guard(self) -> Guard:
+        """The availability guard these settings ask for."""
+        return Guard(
+            parallel=self.parallel, max_unavailable=self.max_unavailable, allow_outage=self.allow_outage
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """What a `run` record keeps of them, for auditors."""
+        guard = self.guard.to_record()
+        return {**guard, "pause_after": self.pause_after, "start_timeout": self.start_timeout}
 
 
 def execute_upgrade(
@@ -322,9 +350,18 @@ def execute_upgrade(
     reporter.info(f"Created upgrade status file, file location:{journal.path}")
     if on_status_file is not None:
         on_status_file(journal.path)
-    journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
+    started = {"action": "upgrade", "result": "started", **settings.to_record()}
+    journal.append({"kind": "run", "detail": started})
     pairs = list(checked.plan.pairs)
     java_homes = {h: inv.java_home for h, inv in checked.inventories.items()}
+    hooks = pair_hooks(
+        checked.target.hooks,
+        journal,
+        reporter,
+        run_id=str(header["run_id"]),
+        hosts=checked.target.hosts,
+        secret_names=checked.target.secret_names,
+    )
     return _drive_upgrade(
         journal,
         pairs=pairs,
@@ -341,6 +378,7 @@ def execute_upgrade(
         stop=stop,
         fresh=True,
         action="upgrade",
+        hooks=hooks,
     )
 
 
@@ -361,6 +399,7 @@ def _drive_upgrade(
     stop: threading.Event,
     fresh: bool,
     action: str,
+    hooks: PairHooks | None = None,
 ) -> RunOutcome:
     todo = [p for p in pairs if states.get(p.key) != "verified"]
     pairs_by_host: dict[str, list[Pair]] = {}
@@ -407,10 +446,43 @@ def _drive_upgrade(
     def on_pair_start(pair: Pair) -> None:
         reporter.info(f"Upgrading Service: upgrading {pair.printed} on {pair.host} {progress.next()}")
 
-    scheduler = Scheduler(runs, parallel=settings.parallel, stop=stop, on_pair_start=on_pair_start)
+    guard = settings.guard
+    scheduler = Scheduler(
+        runs,
+        parallel=settings.parallel,
+        stop=stop,
+        on_pair_start=on_pair_start,
+        stage_cap=lambda stage: stage_limit(stage, guard).at_once,
+        pause_after=settings.pause_after,
+        hooks=hooks,
+    )
     stages = group_stages(todo)
     result = scheduler.upgrade(stages)
     return _finish(journal, result, action=action, pairs=len(pairs))
+
+
+def pair_hooks(
+    hooks: Hooks,
+    journal: Journal,
+    reporter: Reporter,
+    *,
+    run_id: str,
+    hosts: Sequence[HostEntry],
+    secret_names: Sequence[str] = (),
+) -> PairHooks | None:
+    """The run's hooks, recording into `journal`; None when none is configured."""
+    if not hooks.configured:
+        return None
+    return PairHooks(
+        hooks,
+        record=journal.append,
+        report=reporter.info,
+        run_id=run_id,
+        status_file=journal.path,
+        ssh_ports={h.name: h.port or 22 for h in hosts},
+        base_env=os.environ,
+        secret_names=secret_names,
+    )
 
 
 def make_runs(
@@ -467,6 +539,9 @@ def _finish(journal: Journal, result: StageResult, *, action: str, pairs: int) -
         if result.interrupted:
             journal.append({"kind": "run", "detail": {"action": action, "result": "interrupted"}})
             raise RunInterrupted(journal.path)
+        if result.paused:
+            journal.append({"kind": "run", "detail": {"action": action, "result": "paused"}})
+            return RunOutcome(status_path=journal.path, result=result, pairs=pairs, paused=True)
         journal.append({"kind": "run", "detail": {"action": action, "result": "success"}})
         return RunOutcome(status_path=journal.path, result=result, pairs=pairs)
 
@@ -489,6 +564,9 @@ class ResumeState:
     rolled_back_by: dict[tuple[str, str], str] = field(default_factory=dict)
     # The path it was read from
     path: Path = Path()
+    # The run's hooks, and the variables a hook must never see (from the header)
+    hooks: Hooks = field(default_factory=Hooks)
+    hook_env_exclude: tuple[str, ...] = ()
 
     def writer(self) -> Journal:
         """The journal to append to; JournalError for a file opened read-only."""
@@ -579,6 +657,8 @@ def _state_of(contents: JournalContents, journal: Journal | None) -> ResumeState
         config=None if recorded is None else ConfigFile.from_record(recorded),
         rolled_back_by={key: r.rolled_back_by for key, r in replayed.items() if r.rolled_back_by},
         path=contents.path,
+        hooks=Hooks() if header.get("hooks") is None else Hooks.from_record(header["hooks"]),
+        hook_env_exclude=tuple(str(n) for n in header.get("hook_env_exclude") or ()),
     )
 
 
@@ -732,10 +812,27 @@ def _check_run_header(path: Path, header: Mapping[str, Any]) -> None:
         problems.append("release")
     if not _valid_config_record(header.get("config")):
         problems.append("config")
+    if not _valid_hooks_record(header.get("hooks")) or not _valid_names(header.get("hook_env_exclude")):
+        problems.append("hooks")
     if problems:
         raise JournalError(
             f"{path} is not the status file of an upgrade run: its header lacks a valid {', '.join(problems)}"
         )
+
+
+def _valid_hooks_record(record: object) -> bool:
+    """Whether a header's `hooks` is absent (an older file) or a proper Hooks record."""
+    if record is None:
+        return True
+    try:
+        Hooks.from_record(record)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_names(names: object) -> bool:
+    return names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))
 
 
 def _valid_config_record(record: object) -> bool:
@@ -839,7 +936,7 @@ def resume_upgrade(
     also when a rollback before the redo fails.
     """
     journal = state.writer()
-    started = {"action": "resume", "result": "started", "start_timeout": state.layout.start_timeout}
+    started = {"action": "resume", "result": "started", **settings.to_record()}
     journal.append({"kind": "run", "detail": started})
     for pair in fresh_pairs(state, pairs):
         nodes = [{"port": n.port, "running": n.running} for n in pair.nodes]
@@ -848,6 +945,7 @@ def resume_upgrade(
              "detail": {"version": pair.old_version, "nodes": nodes}}
         )
     java_homes = {h.name: h.java_home or "" for h in state.hosts}
+    hooks = state_hooks(state, journal, reporter)
     runs = make_runs(
         pairs,
         state.states,
@@ -870,6 +968,8 @@ def resume_upgrade(
             if run.state not in ("pending", "verified", "rolled_back"):
                 reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
                 run.fire("rollback")
+                if hooks is not None:
+                    hooks.run("post_rollback", run.pair)
             if run.state == "rolled_back":
                 run.fire("retry")
             states[key] = run.state
@@ -895,6 +995,19 @@ def resume_upgrade(
         stop=stop,
         fresh=False,
         action="resume",
+        hooks=hooks,
+    )
+
+
+def state_hooks(state: ResumeState, journal: Journal, reporter: Reporter) -> PairHooks | None:
+    """The hooks a status file's run recorded, bound to its journal (resume and rollback)."""
+    return pair_hooks(
+        state.hooks,
+        journal,
+        reporter,
+        run_id=str(state.header.get("run_id", "")),
+        hosts=state.hosts,
+        secret_names=state.hook_env_exclude,
     )
 
 

@@ -204,9 +204,9 @@ def test_restart_with_nothing_running_still_has_a_timeout() -> None:
     assert call["timeout"] == (100 + 60) + 120
 
 
-def test_verify_spec() -> None:
+def test_verify_spec_waits_for_health_up_to_the_start_timeout() -> None:
     call, _ = one_call("verify")
-    assert call["spec"] == {**BASE, "version": "3.2.2", "ports": [8080, 8082], "daemon": False}
+    assert call["spec"] == {**BASE, "version": "3.2.2", "ports": [8080, 8082], "daemon": False, "wait": 100}
     assert call["timeout"] == 300.0
 
 

@@ -23,6 +23,7 @@ from scmflow.config import (
     select_services,
 )
 from scmflow.errors import ConfigError
+from scmflow.hooks import Hooks
 
 DATA = Path(__file__).parent / "data" / "configs"
 SAMPLE = Path(__file__).parent.parent / "conf" / "upgrade.cfg"
@@ -729,3 +730,78 @@ def test_system_directory_refused(key: str, value: str) -> None:
         parse_config(text, "u.cfg", load_catalog())
     assert "system directory" in str(info.value)
     assert f"u.cfg:8, field {key}" in str(info.value)
+
+
+# --- [config] hooks -------------------------------------------------------------------
+
+
+def test_no_hooks_by_default(catalog: Catalog) -> None:
+    hooks = parse(INSTALL + HOSTS, catalog).hooks
+    assert hooks == Hooks()
+    assert hooks.timeout == 300
+    assert not hooks.configured
+
+
+def test_hook_keys_are_split_like_a_shell(catalog: Catalog) -> None:
+    text = (
+        INSTALL
+        + HOSTS
+        + "[config]\n"
+        + "hookPreStop = /usr/local/bin/lb.sh drain --pool 'web front'\n"
+        + "hookPostVerify='/opt/my hooks/lb.sh' enable \"a b\"\n"
+        + "hookPostRollback=notify-send rolled\\ back\n"
+        + "hookTimeout = 45\n"
+    )
+    config = parse(text, catalog)
+    assert config.warnings == ()
+    assert config.hooks == Hooks(
+        pre_stop=("/usr/local/bin/lb.sh", "drain", "--pool", "web front"),
+        post_verify=("/opt/my hooks/lb.sh", "enable", "a b"),
+        post_rollback=("notify-send", "rolled back"),
+        timeout=45,
+    )
+
+
+def test_hook_keys_ignore_case(catalog: Catalog) -> None:
+    text = INSTALL + HOSTS + "[CONFIG]\nHOOKPRESTOP=/bin/a\nhookpostverify=/bin/b\nHookTimeOut=1\n"
+    hooks = parse(text, catalog).hooks
+    assert (hooks.pre_stop, hooks.post_verify, hooks.timeout) == (("/bin/a",), ("/bin/b",), 1)
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_hook_means_none(value: str, catalog: Catalog) -> None:
+    text = INSTALL + HOSTS + f"[config]\nhookPreStop={value}\nhookTimeout={value}\n"
+    assert parse(text, catalog).hooks == Hooks()
+
+
+def test_hook_timeout_bounds_accepted(catalog: Catalog) -> None:
+    for value in (1, 86400):
+        config = parse(INSTALL + HOSTS + f"[config]\nhookTimeout={value}\n", catalog)
+        assert config.hooks.timeout == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("hookPreStop", "/bin/lb.sh 'web", "no closing quotation"),
+        ("hookPostVerify", '/bin/lb.sh "web', "no closing quotation"),
+        ("hookPostRollback", "/bin/lb.sh web\\", "no escaped character"),
+        ("HOOKPRESTOP", "'' drain", "names no program"),
+    ],
+)
+def test_bad_hook_command(key: str, value: str, problem: str, catalog: Catalog) -> None:
+    err = parse_error(INSTALL + HOSTS + f"[config]\nservice=gateway\n{key}={value}\n", catalog)
+    assert_names(err, 9, key)
+    assert problem in str(err)
+
+
+@pytest.mark.parametrize("value", ["0", "86401", "-5", "5s", "1.5", "ten", "999999999999"])
+def test_bad_hook_timeout(value: str, catalog: Catalog) -> None:
+    err = parse_error(INSTALL + HOSTS + f"[config]\nhookTimeout={value}\n", catalog)
+    assert_names(err, 8, "hookTimeout")
+    assert f"'{value}' is not a whole number of seconds (1-86400)" in str(err)
+
+
+def test_duplicate_hook_key(catalog: Catalog) -> None:
+    err = parse_error(INSTALL + HOSTS + "[config]\nhookPreStop=/a\nHookPreStop=/b\n", catalog)
+    assert_names(err, 9, "HookPreStop")

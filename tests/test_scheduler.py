@@ -338,3 +338,98 @@ def test_describe_failure_says_what_the_pair_was_rolled_back_to() -> None:
     )
     new = PairFailure(pair("h9", "non-service", old=None), "replace", OSError())
     assert describe_failure(new) == ("[h9]:NON_SERVICE: replace failed: OSError; it was rolled back to none")
+
+
+def test_a_stage_cap_bounds_a_stage_below_parallel() -> None:
+    cluster = Cluster()
+    pairs = [pair(f"h{i}") for i in range(4)]
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hold(_a: str, _p: Pair) -> None:
+        entered.release()
+        gate.wait(WAIT)
+
+    for p in pairs:
+        cluster.on("replace", p.host)(hold)
+    scheduler = Scheduler(cluster.runs(pairs), parallel=4, stop=threading.Event(), stage_cap=lambda stage: 2)
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(scheduler.upgrade([pairs])))
+    worker.start()
+    for _ in range(2):
+        assert entered.acquire(timeout=WAIT)
+    # two hosts are down in their replace: the guard keeps a third from starting
+    assert not entered.acquire(timeout=0.2)
+    gate.set()
+    worker.join(WAIT)
+    assert done and done[0].failures == []
+    assert cluster.max_active == 2
+
+
+def test_pause_after_lets_pairs_in_flight_finish_and_starts_no_more() -> None:
+    cluster = Cluster()
+    pairs = [pair(f"h{i}") for i in range(5)]
+    runs = cluster.runs(pairs)
+    result = Scheduler(runs, parallel=1, stop=threading.Event(), pause_after=2).upgrade([pairs])
+    assert result.paused and result.failures == [] and not result.interrupted
+    assert [p.host for p in result.completed] == ["h0", "h1"]
+    assert [r.state for r in runs.values()] == ["verified"] * 2 + ["pending"] * 3
+
+    # a pause at or past the last pair is no pause: the run simply ends
+    again = Scheduler(cluster.runs(pairs), parallel=2, stop=threading.Event(), pause_after=5)
+    done = again.upgrade([pairs])
+    assert not done.paused and len(done.completed) == 5
+
+
+class FakeHooks:
+    """Stands in for PairHooks: records each phase run, fails the phases told to."""
+
+    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.failing = failing
+
+    def run(self, phase: str, p: Pair) -> Any:
+        from scmflow.hooks import HookResult
+
+        self.calls.append((phase, p.host))
+        code = 3 if phase in self.failing else 0
+        return HookResult(phase=phase, argv=("hook",), exit_code=code, duration=0.0, output_tail="drain: no")
+
+
+def test_hooks_run_around_each_pair_and_a_failing_pre_stop_leaves_the_pair_untouched() -> None:
+    cluster = Cluster()
+    pairs = [pair("h1"), pair("h2")]
+    hooks = FakeHooks()
+    result = Scheduler(cluster.runs(pairs), parallel=1, stop=threading.Event(), hooks=hooks).upgrade([pairs])  # type: ignore[arg-type]
+    assert result.failures == []
+    assert hooks.calls == [
+        ("pre_stop", "h1"),
+        ("post_verify", "h1"),
+        ("pre_stop", "h2"),
+        ("post_verify", "h2"),
+    ]
+
+    cluster = Cluster()
+    failing = FakeHooks(failing=("pre_stop",))
+    runs = cluster.runs(pairs)
+    result = Scheduler(runs, parallel=1, stop=threading.Event(), hooks=failing).upgrade([pairs])  # type: ignore[arg-type]
+    (failure,) = result.failures
+    assert failure.trigger == "pre_stop" and "exited 3" in str(failure.error)
+    # nothing ran on the host but the restore of a pair that never backed up (a no-op there)
+    assert cluster.calls == [("restore", "h1", "gateway")]
+    assert runs[("h1", "gateway")].state == "rolled_back"
+    assert failing.calls == [("pre_stop", "h1"), ("post_rollback", "h1")]
+    assert [e["kind"] for e in cluster.events][:1] == ["fail"]
+
+
+def test_a_failing_post_verify_rolls_the_pair_back_and_post_rollback_failures_go_on() -> None:
+    cluster = Cluster()
+    pairs = [pair("h1")]
+    hooks = FakeHooks(failing=("post_verify", "post_rollback"))
+    runs = cluster.runs(pairs)
+    result = Scheduler(runs, parallel=1, stop=threading.Event(), hooks=hooks).upgrade([pairs])  # type: ignore[arg-type]
+    (failure,) = result.failures
+    assert failure.trigger == "post_verify" and failure.rollback_error is None
+    assert cluster.actions_of("h1") == [*UPGRADE, "restore"]
+    assert runs[("h1", "gateway")].state == "rolled_back"
+    assert hooks.calls[-1] == ("post_rollback", "h1")

@@ -27,7 +27,9 @@ from scmflow.catalog import load_catalog
 from scmflow.sandbox.errors import SandboxError
 
 FAULTS_DIR = ".sandbox-faults"
-FAULT_KINDS = ("start-fail", "stop-fail", "start-slow", "jvm-fail")
+# health-down: the node answers UP once (the ctl's start check), then DOWN for good, as a
+# node whose health indicator fails right after start-up (e.g. it cannot reach its database)
+FAULT_KINDS = ("start-fail", "stop-fail", "start-slow", "jvm-fail", "health-down")
 
 
 def set_fault(

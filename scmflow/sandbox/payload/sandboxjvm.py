@@ -15,7 +15,8 @@ Anything else fails the way a JVM fails: `Error: Unable to access jarfile X`,
 
 A node serves HTTP on every address: `GET /internal/v1/health` answers 200 with
 {"status": "UP", "version", "service", "port", "pid"} once the node is ready (503 with
-{"status": "DOWN"} before, for `-Dsandbox.startDelay=SECONDS`); other paths answer 404.
+{"status": "DOWN"} before, for `-Dsandbox.startDelay=SECONDS`, and after its first UP with
+`-Dsandbox.healthDown=true`); other paths answer 404.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ HEALTH_PATH = b"/internal/v1/health"
 CONFIG_OPTION = "--spring.config.location="
 PROGRAM_PROPERTY = "sandbox.program"
 DELAY_PROPERTY = "sandbox.startDelay"
+HEALTH_DOWN_PROPERTY = "sandbox.healthDown"
 # Options of the real `java` launcher that take the next word as their value.
 VALUE_OPTIONS = ("-cp", "-classpath", "--class-path", "--module-path", "-p", "--add-modules")
 MAX_REQUEST_HEAD = 8 * 1024
@@ -61,7 +63,8 @@ def main(argv: Sequence[str]) -> int:
                 f"Error: Could not find or load main class {main_class}\n"
                 f"Caused by: java.lang.ClassNotFoundException: {main_class}"
             )
-        return run_node(jar, version, args, float(props.get(DELAY_PROPERTY) or 0.0))
+        delay = float(props.get(DELAY_PROPERTY) or 0.0)
+        return run_node(jar, version, args, delay, health_down=props.get(HEALTH_DOWN_PROPERTY) == "true")
     except JvmError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
@@ -132,8 +135,11 @@ def load_program(program: str) -> CodeType:
 # ---------------------------------------------------------------- a node (Spring Boot app)
 
 
-def run_node(jar: str, version: str, args: list[str], delay: float) -> int:
-    """Serve the node's health on its port until SIGTERM."""
+def run_node(jar: str, version: str, args: list[str], delay: float, *, health_down: bool = False) -> int:
+    """Serve the node's health on its port until SIGTERM.
+
+    `health_down`: answer UP once (the ctl's start check), then DOWN from then on.
+    """
     import json
     import signal
     import time
@@ -154,8 +160,16 @@ def run_node(jar: str, version: str, args: list[str], delay: float) -> int:
     ready_at = time.monotonic() + delay
     sys.stderr.write(f"Starting {service} on port {port} (version {version}, jar {jar})\n")
     sys.stderr.flush()
+    answered: list[bool] = []
+
+    def body() -> bytes | None:
+        if time.monotonic() < ready_at or (health_down and answered):
+            return None
+        answered.append(True)
+        return up
+
     try:
-        serve(server, lambda: up if time.monotonic() >= ready_at else None)
+        serve(server, body)
     finally:
         server.close()
     return 0

@@ -27,7 +27,8 @@ listing with no node; `Total:0` is still printed), 3 invalid argument, 4 file no
 8 system error; errors are one `ERROR:` line on stderr.
 
 Fault switches (`<install>/.sandbox-faults/<service>.<kind>`, see faults.py): start-fail,
-stop-fail, start-slow, and jvm-fail, which makes the whole tool of the service's directory
+stop-fail, start-slow, health-down (the node reports UP to the start check, then DOWN), and
+jvm-fail, which makes the whole tool of the service's directory
 fail as a JVM that cannot start: nothing on stdout, `Error occurred during initialization of
 VM` on stderr, exit 1, no `Total:` line.
 
@@ -61,6 +62,7 @@ PROPERTIES = "application.properties"
 HEALTH_PATH = "/internal/v1/health"
 JVM_OPTIONS = ("-Xms256m", "-Xmx512m")
 DELAY_PROPERTY = "sandbox.startDelay"
+HEALTH_DOWN_PROPERTY = "sandbox.healthDown"
 FAULTS_DIR = ".sandbox-faults"
 POLL_SECONDS = 0.01
 STOP_GRACE_SECONDS = 10.0
@@ -374,6 +376,8 @@ def start_node(node: Node, timeout: float) -> None:
     argv = ["nohup", "java", *JVM_OPTIONS]
     if slow:
         argv.append(f"-D{DELAY_PROPERTY}={slow:g}")
+    if faults.active("health-down") is not None:
+        argv.append(f"-D{HEALTH_DOWN_PROPERTY}=true")
     argv += ["-jar", str(jar), f"{CONFIG_OPTION}{node.conf_file}"]
     proc = spawn_detached(argv, cwd=node.pack.root, log=log)
     write_pid(node.pid_file, proc.pid)
