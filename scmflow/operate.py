@@ -325,9 +325,10 @@ def _report_outcome(printer: Printer, outcome: RunOutcome) -> int:
     """The closing line of an upgrade or resume that did not fail: success or a pause."""
     path = outcome.status_path
     if outcome.paused:
-        verified = sum(1 for s in replay(read_journal(path)).values() if s.state == "verified")
+        planned = [p for p in replay(read_journal(path)).values() if p.in_plan]
+        verified = sum(1 for p in planned if p.state == "verified")
         printer.info(
-            f"Paused after {verified} of {outcome.pairs} pairs; resume with: "
+            f"Paused after {verified} of {len(planned)} pairs; resume with: "
             f"scm.py cluster --upgrade --upgrade-status-path {path}"
         )
         return EXIT_OK

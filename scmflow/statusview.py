@@ -115,6 +115,10 @@ def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairRe
         return PARTIALLY_ROLLED_BACK
     if last_result == SUCCESS and all(s == "verified" for s in states):
         return SUCCESS
+    # a resume narrowed by --host/--service that did all it was asked: the rest is left on
+    # purpose, still pending, and a later resume carries on
+    if last_result == SUCCESS and last.get("action") == "resume" and set(states) <= {"verified", "pending"}:
+        return PAUSED
     return FAILED
 
 
