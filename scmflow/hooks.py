@@ -401,7 +401,8 @@ def _printable(text: str) -> str:
 class PairHooks:
     """A run's hooks bound to its pairs: each run is recorded, and a failure is said once.
 
-    `record` appends a status-file record; `report` gets one operator line per hook run.
+    `record` appends a status-file record; `report` gets one operator line per hook run, and
+    `warn` a failed post_rollback hook (a failed pre_stop or post_verify fails its pair).
     """
 
     def __init__(
@@ -410,6 +411,7 @@ class PairHooks:
         *,
         record: Callable[[dict[str, Any]], object],
         report: Callable[[str], None],
+        warn: Callable[[str], None],
         run_id: str,
         status_file: Path,
         ssh_ports: Mapping[str, int],
@@ -419,6 +421,7 @@ class PairHooks:
         self.hooks = hooks
         self._record = record
         self._report = report
+        self._warn = warn
         self._run_id = run_id
         self._status_file = status_file
         self._ssh_ports = dict(ssh_ports)
@@ -451,6 +454,9 @@ class PairHooks:
         )
         detail = result.to_record()
         self._record({"kind": "hook", "host": pair.host, "service": pair.service, "detail": detail})
+        if not result.ok and phase == "post_rollback":
+            # nothing else says it: the pair is rolled back, and the run goes on
+            self._warn(f"[{pair.host}]:{pair.printed}: {describe(result)}; the rollback goes on")
         return result
 
 

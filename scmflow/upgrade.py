@@ -477,6 +477,7 @@ def pair_hooks(
         hooks,
         record=journal.append,
         report=reporter.info,
+        warn=reporter.warn,
         run_id=run_id,
         status_file=journal.path,
         ssh_ports={h.name: h.port or 22 for h in hosts},

@@ -372,6 +372,7 @@ def test_pair_hooks_run_the_configured_phase_record_it_and_say_so(tmp_path: Path
         hooks,
         record=records.append,
         report=lines.append,
+        warn=lines.append,
         run_id="run-1",
         status_file=tmp_path / "status",
         ssh_ports={"h1": 2201},
