@@ -294,6 +294,8 @@ def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple
 
 
 COMMANDS = all_commands(main)
+
+
 def test_the_command_list_is_what_the_tests_expect() -> None:
     assert {(), ("cluster",), ("demo",), ("status",)} <= set(COMMANDS)
     assert {("status", n) for n in ("diagram", "export", "list", "show", "verify")} <= set(COMMANDS)
@@ -429,3 +431,35 @@ def test_an_unknown_rollback_service_is_an_error(workdir: Path) -> None:
     with pytest.raises(Exception, match="unknown service.*nosuch") as refused:
         match_services(catalog, ["nosuch"])
     assert getattr(refused.value, "exit_code", None) == 2
+
+
+def test_the_sample_config_says_which_variable_to_export(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SCM_SSH_PWD", raising=False)
+    result = invoke(
+        "cluster", "--upgrade", "--upgrade-conf", str(REPO / "conf" / "upgrade.cfg"), "--unattended"
+    )
+    assert result.exit_code == 2, result.output
+    (error,) = error_lines(result)
+    assert "environment variable SCM_SSH_PWD is not set" in error
+    assert "export SCM_SSH_PWD=" in error
+    sample = (REPO / "conf" / "upgrade.cfg").read_text(encoding="utf-8")
+    assert "SCM_SSH_PWD" in sample.split("env:SCM_SSH_PWD")[0]  # the comment above the row says so
+
+
+def test_the_guides_run_scmflow_not_the_release_s_own_scm_py() -> None:
+    for guide in (REPO / "docs" / "operators.md", REPO / "conf" / "upgrade.cfg"):
+        text = guide.read_text(encoding="utf-8")
+        commands = [
+            line for line in text.splitlines() if "cluster --upgrade" in line or "cluster --rollback" in line
+        ]
+        assert commands, guide
+        # `python scm.py` inside the unpacked release runs the vendor's tool
+        assert not [line for line in commands if line.lstrip("# ").startswith("python scm.py")], guide
+        upgrades = [
+            line
+            for line in commands
+            if "cluster --upgrade --" in line and "--upgrade-status-path" not in line
+        ]
+        assert all("--release-dir" in line for line in upgrades), upgrades
