@@ -34,6 +34,7 @@ from scmflow.plan import Pair
 from scmflow.remote import LocalSession, Session
 from scmflow.report import Reporter, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
+from scmflow.runstate import HostEntry, ResumeState, RunFailed, RunInterrupted, open_run
 from scmflow.sandbox import NodeSpec, Topology
 from scmflow.sandbox.install import CUSTOMER_JARS
 from scmflow.statuskey import StatusKey
@@ -41,16 +42,11 @@ from scmflow.statusview import render_show
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,
-    HostEntry,
-    ResumeState,
-    RunFailed,
-    RunInterrupted,
     RunSettings,
     Target,
     check_cluster,
     close_sessions,
     execute_upgrade,
-    open_run,
 )
 
 OLD_VERSION = "3.1.2"

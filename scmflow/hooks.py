@@ -25,6 +25,7 @@ from typing import Any
 
 from scmflow.errors import ScmflowError
 from scmflow.plan import Pair
+from scmflow.records import hook_record
 
 PHASES = ("pre_stop", "post_verify", "post_rollback")
 DEFAULT_TIMEOUT = 300
@@ -453,7 +454,7 @@ class PairHooks:
             secret_names=self._secret_names,
         )
         detail = result.to_record()
-        self._record({"kind": "hook", "host": pair.host, "service": pair.service, "detail": detail})
+        self._record(hook_record(pair, detail))
         if not result.ok and phase == "post_rollback":
             # nothing else says it: the pair is rolled back, and the run goes on
             self._warn(f"[{pair.host}]:{pair.printed}: {describe(result)}; the rollback goes on")

@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,20 +31,32 @@ from scmflow.config import (
     select_services,
 )
 from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, UsageError
+from scmflow.header import check_run_header
 from scmflow.hooks import dry_run_hook_lines
 from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal, replay
 from scmflow.locks import clear_dead_host_locks, run_locks
 from scmflow.machine import Lifecycle, load_lifecycle
 from scmflow.plan import Pair
+from scmflow.records import run_record
 from scmflow.remote import Session, SSHOptions, connect_all
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings, rollback_steps
+from scmflow.resume import ResumeSelection, fresh_pairs, reprobe_pairs, resume_upgrade, select_resume
 from scmflow.rollback import (
     check_pairs,
     execute_rollback,
-    match_hosts,
-    match_services,
     needs_rollback,
     select_pairs,
+)
+from scmflow.runstate import (
+    HostEntry,
+    ResumeState,
+    RunFailed,
+    RunInterrupted,
+    RunOutcome,
+    StatusTrust,
+    open_run,
+    read_run,
+    untrusted_message,
 )
 from scmflow.sshconfig import load_client_config, resolve_target
 from scmflow.statuskey import key_path, load_key, load_or_create_key
@@ -52,26 +64,13 @@ from scmflow.statusview import authenticity_hint, run_records, trusted_values
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,
-    HostEntry,
-    ResumeState,
-    RunFailed,
-    RunInterrupted,
-    RunOutcome,
     RunSettings,
-    StatusTrust,
     Target,
     check_cluster,
-    check_run_header,
     close_sessions,
     execute_upgrade,
-    fresh_pairs,
     make_layout,
-    open_run,
-    read_run,
     reload_release,
-    reprobe_pairs,
-    resume_upgrade,
-    untrusted_message,
 )
 
 if TYPE_CHECKING:
@@ -646,56 +645,6 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
     return _report_outcome(printer, outcome)
 
 
-@dataclass(frozen=True)
-class ResumeSelection:
-    """The pairs a resume advances, in plan order, and the rolled-back ones it keeps as they are."""
-
-    pairs: list[Pair]
-    kept: list[Pair]
-    named: bool
-
-
-def select_resume(
-    state: ResumeState, *, hosts: Sequence[str] | None, services: Sequence[str] | None, catalog: Catalog
-) -> ResumeSelection:
-    """What a resume does: pairs not yet verified, but never an operator's rollback unless named.
-
-    With --host/--service only the named pairs are advanced (retried after a failure,
-    upgraded again after a --rollback); the others stay as they are. Without them, pairs
-    that a failure rolled back are retried, while pairs rolled back by --rollback are kept;
-    so are the never-started pairs of a run that --rollback undid entirely (it reads
-    "rolled back").
-    """
-    wanted_hosts = match_hosts(state, hosts)
-    wanted_services = match_services(catalog, services)
-    named = wanted_hosts is not None or wanted_services is not None
-    undone = _undone_by_rollback(state)
-    pairs: list[Pair] = []
-    kept: list[Pair] = []
-    for pair in state.pairs:
-        if (wanted_hosts is not None and pair.host not in wanted_hosts) or (
-            wanted_services is not None and pair.service not in wanted_services
-        ):
-            continue
-        if state.states.get(pair.key) == "verified" and pair.key not in state.in_flight:
-            continue
-        if not named and (state.explicitly_rolled_back(pair) or (undone and _never_started(state, pair))):
-            kept.append(pair)
-            continue
-        pairs.append(pair)
-    return ResumeSelection(pairs=pairs, kept=kept, named=named)
-
-
-def _never_started(state: ResumeState, pair: Pair) -> bool:
-    return state.states.get(pair.key, "pending") == "pending" and pair.key not in state.in_flight
-
-
-def _undone_by_rollback(state: ResumeState) -> bool:
-    """Whether --rollback undid every pair that had started: the run as a whole was rolled back."""
-    started = [p for p in state.pairs if not _never_started(state, p)]
-    return bool(started) and all(state.explicitly_rolled_back(p) for p in started)
-
-
 def _nothing_to_resume(
     options: ClusterOptions,
     state: ResumeState,
@@ -795,7 +744,7 @@ def _close_finished_run(state: ResumeState) -> None:
     journal = state.writer()
     runs = run_records(read_journal(journal.path))
     if not runs or runs[-1].get("detail", {}).get("result") != "success":
-        journal.append({"kind": "run", "detail": {"action": "resume", "result": "success"}})
+        journal.append(run_record("resume", "success"))
 
 
 def _state_word(state: ResumeState, pair: Pair) -> str:

@@ -13,10 +13,11 @@ from scmflow.fanout import map_hosts
 from scmflow.inventory import probe_host
 from scmflow.machine import Lifecycle
 from scmflow.plan import Pair, group_stages
+from scmflow.records import run_record
 from scmflow.remote import Session
 from scmflow.report import Reporter
+from scmflow.runstate import Progress, ResumeState, RunOutcome, finish_run, make_runs, state_hooks
 from scmflow.scheduler import Scheduler
-from scmflow.upgrade import Progress, ResumeState, RunOutcome, _finish, make_runs, state_hooks
 
 # States whose files are the new version's when nothing was in flight: the original's checks apply.
 _CLEAN_UPGRADED = ("replaced", "restarted", "verified")
@@ -184,8 +185,7 @@ def execute_rollback(
 ) -> RunOutcome:
     """Drive each selected pair along its rollback edge, appending to the same status file."""
     journal = state.writer()
-    started = {"action": "rollback", "result": "started", "start_timeout": state.layout.start_timeout}
-    journal.append({"kind": "run", "detail": started})
+    journal.append(run_record("rollback", "started", start_timeout=state.layout.start_timeout))
     runs = make_runs(
         pairs,
         state.states,
@@ -210,4 +210,4 @@ def execute_rollback(
     hooks = state_hooks(state, journal, reporter)
     scheduler = Scheduler(runs, parallel=parallel, stop=stop, on_pair_start=on_pair_start, hooks=hooks)
     result = scheduler.rollback(group_stages(pairs))
-    return _finish(journal, result, action="rollback", pairs=len(pairs))
+    return finish_run(journal, result, action="rollback", pairs=len(pairs))

@@ -26,8 +26,9 @@ from scmflow.cli import ClusterOptions, Printer, main
 from scmflow.errors import ScmflowError
 from scmflow.journal import Journal, read_journal
 from scmflow.remote import SSHTarget
+from scmflow.resume import select_resume
+from scmflow.runstate import HostEntry, StatusTrust, open_run, read_run
 from scmflow.statuskey import StatusKey, key_path, load_or_create_key
-from scmflow.upgrade import HostEntry, StatusTrust, open_run
 from tests.forgery import forge
 
 CATALOG = load_catalog()
@@ -566,17 +567,17 @@ _RESERVED = ("format", "format_version", "seq", "time", "epoch", "prev", "key_id
 
 def test_resume_keeps_an_operators_rollback_and_retries_a_failures(tmp_path: Path, logins: Logins) -> None:
     status = mixed_status(tmp_path)
-    state = operate.read_run(status, trust=StatusTrust(key=operator_key()))
+    state = read_run(status, trust=StatusTrust(key=operator_key()))
     assert state.rolled_back_by == {("scm-a", "gateway"): "rollback", ("scm-b", "gateway"): "upgrade"}
 
-    plain = operate.select_resume(state, hosts=None, services=None, catalog=CATALOG)
+    plain = select_resume(state, hosts=None, services=None, catalog=CATALOG)
     assert [p.host for p in plain.pairs] == ["scm-b", "scm-c"]
     assert [p.host for p in plain.kept] == ["scm-a"]
 
-    named = operate.select_resume(state, hosts=["SCM-A"], services=["GATEWAY"], catalog=CATALOG)
+    named = select_resume(state, hosts=["SCM-A"], services=["GATEWAY"], catalog=CATALOG)
     assert [p.host for p in named.pairs] == ["scm-a"] and named.kept == []
     with pytest.raises(ScmflowError, match="nosuch") as unknown:
-        operate.select_resume(state, hosts=None, services=["nosuch"], catalog=CATALOG)
+        select_resume(state, hosts=None, services=["nosuch"], catalog=CATALOG)
     assert unknown.value.exit_code == 2
 
 
@@ -584,8 +585,8 @@ def test_resume_of_a_run_rollback_undid_entirely_does_nothing_unless_named(
     tmp_path: Path, logins: Logins
 ) -> None:
     status = mixed_status(tmp_path, undo_all=True)
-    state = operate.read_run(status, trust=StatusTrust(key=operator_key()))
-    plain = operate.select_resume(state, hosts=None, services=None, catalog=CATALOG)
+    state = read_run(status, trust=StatusTrust(key=operator_key()))
+    plain = select_resume(state, hosts=None, services=None, catalog=CATALOG)
     assert plain.pairs == [] and [p.host for p in plain.kept] == ["scm-a", "scm-b", "scm-c"]
 
     result = resume(status, "--unattended")

@@ -23,16 +23,8 @@ from scmflow.plan import make_plan
 from scmflow.release import load_release
 from scmflow.remote import CommandResult
 from scmflow.report import CollectingReporter
-from scmflow.upgrade import (
-    CheckedCluster,
-    HostEntry,
-    Progress,
-    Target,
-    build_header,
-    check_cluster,
-    make_layout,
-    open_run,
-)
+from scmflow.runstate import HostEntry, Progress, open_run
+from scmflow.upgrade import CheckedCluster, Target, build_header, check_cluster, make_layout
 
 CATALOG = load_catalog()
 COMPAT = load_compatibility(catalog=CATALOG)
