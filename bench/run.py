@@ -56,9 +56,11 @@ from scmflow.catalog import Catalog, load_catalog  # noqa: E402
 from scmflow.distribute import distribute  # noqa: E402
 from scmflow.plan import Pair  # noqa: E402
 from scmflow.release import Release, load_release  # noqa: E402
-from scmflow.remote import Session, SSHOptions, SSHTarget, connect_all  # noqa: E402
 from scmflow.sandbox import NodeSpec, Topology  # noqa: E402
 from scmflow.sandbox.packs import ships  # noqa: E402
+from scmflow.session.base import Session  # noqa: E402
+from scmflow.session.ssh import connect_all  # noqa: E402
+from scmflow.session.targets import SSHOptions, SSHTarget  # noqa: E402
 from tests.e2e.sandbox_cluster import SCM, Scenario, outer_install  # noqa: E402
 from tests.hosts import TestCluster, TestHost, missing_prerequisite, start_cluster  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Any
 from scmflow.agentcall import AgentLink
 from scmflow.catalog import Catalog
 from scmflow.plan import Pair
-from scmflow.remote import Session
+from scmflow.session.base import Session
 
 NodeStartFn = Callable[[Pair, int | None], None]
 

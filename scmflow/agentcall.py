@@ -15,7 +15,7 @@ from typing import Any
 
 from scmflow import agent
 from scmflow.errors import RemoteError, RemoteTimeout
-from scmflow.remote import Session, Stream, StreamEnded
+from scmflow.session.base import Session, Stream, StreamEnded
 
 # Lines a serving agent may print before its reply (none expected) that are kept for errors.
 _NOISE_KEEP = 20

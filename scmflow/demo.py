@@ -31,12 +31,13 @@ from scmflow.journal import read_journal
 from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair
-from scmflow.remote import LocalSession, Session
 from scmflow.report import Reporter, plan_lines, plan_warnings
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
 from scmflow.runstate import HostEntry, ResumeState, RunFailed, RunInterrupted, open_run
 from scmflow.sandbox import NodeSpec, Topology
 from scmflow.sandbox.install import CUSTOMER_JARS
+from scmflow.session.base import Session
+from scmflow.session.local import LocalSession
 from scmflow.statuskey import StatusKey
 from scmflow.statusview import render_show
 from scmflow.upgrade import (

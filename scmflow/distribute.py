@@ -13,7 +13,7 @@ from scmflow.agentcall import call_agent
 from scmflow.fanout import map_hosts
 from scmflow.plan import Pair
 from scmflow.release import Package, Release
-from scmflow.remote import Session, Upload
+from scmflow.session.base import Session, Upload
 
 
 def packages_for(pairs: Sequence[Pair], release: Release) -> list[Package]:

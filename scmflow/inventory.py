@@ -11,7 +11,7 @@ from typing import Any
 from scmflow.agentcall import AgentError, call_agent
 from scmflow.catalog import Service
 from scmflow.errors import RemoteError, ScmflowError
-from scmflow.remote import Session
+from scmflow.session.base import Session
 
 MIN_JAVA = (1, 8)
 PROBE_TIMEOUT = 120.0

@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from scmflow.errors import JournalError, LockError
+from scmflow.lifecycle import Lifecycle, load_lifecycle
 from scmflow.statuskey import StatusKey
 
 FORMAT = "scmflow-status"
@@ -41,9 +42,6 @@ NAME_TIME_FORMAT = "%Y-%m-%d-%H:%M:%S"
 # `hook`: an operator hook run for a pair (phase, argv, exit code, duration, output tail)
 EVENT_KINDS = frozenset({"begin", "transition", "fail", "note", "run", "probe", "hook"})
 PAIR_KINDS = frozenset({"begin", "transition", "fail"})
-INITIAL_STATE = "pending"
-FAILED_STATE = "failed"
-ROLLED_BACK_STATE = "rolled_back"
 
 # Keys the journal sets itself; a caller passing them would corrupt the chain's meaning.
 _EVENT_RESERVED = frozenset({"seq", "time", "epoch", "prev"})
@@ -500,13 +498,20 @@ def verify_journal(path: Path, *, key: StatusKey | None = None) -> VerifyResult:
     return VerifyResult(True, count, None, f"OK: {count} records, chain intact", authenticity=authenticity)
 
 
-def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:
-    """Each planned pair's committed state, action in flight and history, in plan order."""
+def replay(
+    contents: JournalContents, lifecycle: Lifecycle | None = None
+) -> dict[tuple[str, str], PairReplay]:
+    """Each planned pair's committed state, action in flight and history, in plan order.
+
+    A pair starts in the lifecycle's initial state (states/pair.toml, loaded when not
+    given), takes the `dst` of each `transition` record and the failed state on `fail`.
+    """
+    lifecycle = lifecycle or load_lifecycle()
     pairs: dict[tuple[str, str], _PairProgress] = {}
     for entry in _plan_entries(contents):
         key = (entry["host"], entry["service"])
         pairs[key] = _PairProgress(
-            entry["host"], entry["service"], entry.get("old_version"), entry.get("new_version")
+            lifecycle, entry["host"], entry["service"], entry.get("old_version"), entry.get("new_version")
         )
     action: str | None = None
     for record in contents.records:
@@ -519,7 +524,8 @@ def replay(contents: JournalContents) -> dict[tuple[str, str], PairReplay]:
             continue
         progress = pairs.get((host, service))
         if progress is None:
-            progress = pairs[(host, service)] = _PairProgress(host, service, None, None, in_plan=False)
+            progress = _PairProgress(lifecycle, host, service, None, None, in_plan=False)
+            pairs[(host, service)] = progress
         progress.apply(record, action)
     return {key: progress.freeze() for key, progress in pairs.items()}
 
@@ -529,6 +535,7 @@ class _PairProgress:
 
     def __init__(
         self,
+        lifecycle: Lifecycle,
         host: str,
         service: str,
         old_version: Any,
@@ -541,7 +548,8 @@ class _PairProgress:
         self.old_version = None if old_version is None else str(old_version)
         self.new_version = None if new_version is None else str(new_version)
         self.in_plan = in_plan
-        self.state = INITIAL_STATE
+        self.lifecycle = lifecycle
+        self.state = lifecycle.initial
         self.in_flight: str | None = None
         self.last_error: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -556,12 +564,12 @@ class _PairProgress:
         elif kind == "transition":
             self.state = str(record.get("dst"))
             self.in_flight = None
-            if self.state == ROLLED_BACK_STATE:
+            if self.state == self.lifecycle.rolled_back:
                 self.rolled_back_by = action
         elif kind == "probe":
             self._apply_probe(record.get("detail"))
         elif kind == "fail":
-            self.state = FAILED_STATE
+            self.state = self.lifecycle.failed
             self.in_flight = None
             self.last_error = error_text(record.get("detail"))
 

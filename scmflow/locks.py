@@ -31,7 +31,7 @@ from typing import Any
 
 from scmflow.agentcall import call_agent
 from scmflow.errors import LockError, ScmflowError
-from scmflow.remote import Session
+from scmflow.session.base import Session
 
 CONTROL_LOCK_NAME = ".scmflow.lock"
 HOST_LOCK_NAME = ".scmflow-run.lock"

@@ -34,11 +34,10 @@ from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, Usage
 from scmflow.header import check_run_header
 from scmflow.hooks import dry_run_hook_lines
 from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal, replay
+from scmflow.lifecycle import ROLLBACK, Lifecycle, load_lifecycle
 from scmflow.locks import clear_dead_host_locks, run_locks
-from scmflow.machine import Lifecycle, load_lifecycle
 from scmflow.plan import Pair
 from scmflow.records import run_record
-from scmflow.remote import Session, SSHOptions, connect_all
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings, rollback_steps
 from scmflow.resume import ResumeSelection, fresh_pairs, reprobe_pairs, resume_upgrade, select_resume
 from scmflow.rollback import (
@@ -58,6 +57,9 @@ from scmflow.runstate import (
     read_run,
     untrusted_message,
 )
+from scmflow.session.base import Session
+from scmflow.session.ssh import connect_all
+from scmflow.session.targets import SSHOptions
 from scmflow.sshconfig import load_client_config, resolve_target
 from scmflow.statuskey import key_path, load_key, load_or_create_key
 from scmflow.statusview import authenticity_hint, run_records, trusted_values
@@ -324,8 +326,9 @@ def _report_outcome(printer: Printer, outcome: RunOutcome) -> int:
     """The closing line of an upgrade or resume that did not fail: success or a pause."""
     path = outcome.status_path
     if outcome.paused:
-        planned = [p for p in replay(read_journal(path)).values() if p.in_plan]
-        verified = sum(1 for p in planned if p.state == "verified")
+        lifecycle = load_lifecycle()
+        planned = [p for p in replay(read_journal(path), lifecycle).values() if p.in_plan]
+        verified = sum(1 for p in planned if p.state == lifecycle.done)
         printer.info(
             f"Paused after {verified} of {len(planned)} pairs; resume with: "
             f"scm.py cluster --upgrade --upgrade-status-path {path}"
@@ -363,10 +366,11 @@ def _show_plan(checked: CheckedCluster, options: ClusterOptions, printer: Printe
     if not plan.pairs:
         printer.info("No service need to upgrade")
         return False
+    # the stages first: the vendor's plan block (order, pairs, question) stays in one piece
+    _print_limits(printer, limits, options)
     printer.info("Prepare to upgrade services in this order")
     for line in plan_lines(plan.pairs):
         printer.info(line)
-    _print_limits(printer, limits, options)
     if options.dry_run:
         if options.output == "text":
             _print_steps(printer, _steps(checked, catalog, options))
@@ -596,10 +600,10 @@ def _resume(options: ClusterOptions, printer: Printer, catalog: Catalog) -> int:
         document["stages"] = [limit.to_record() for limit in limits]
         document["pause_after"] = options.pause_after
         echo_json(document)
+    _print_limits(printer, limits, options)
     printer.info("Prepare to resume the upgrade of these services in this order")
     for pair in selection.pairs:
         printer.info(f"{pair.label()} ({_state_word(state, pair)})")
-    _print_limits(printer, limits, options)
     if options.dry_run:
         if options.output == "text":
             _print_steps(printer, steps)
@@ -687,13 +691,13 @@ def _check_same_cluster(state: ResumeState, config: UpgradeConfig) -> None:
 
 def _resume_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -> dict[str, list[str]]:
     """Per pair, the rollback it needs first (if any) and the upgrade steps it will take."""
-    lifecycle = load_lifecycle()
+    lifecycle = state.lifecycle
     packages = _recorded_packages(state.header)
     out: dict[str, list[str]] = {}
     for pair in pairs:
         steps: list[str] = []
-        current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
-        if current not in ("pending", "rolled_back", "verified"):
+        current = _current_state(state, pair)
+        if current not in (*lifecycle.clean(), lifecycle.done):
             steps += rollback_steps(pair, catalog, state.layout, _rollback_action(lifecycle, current))
             steps += dry_run_hook_lines(state.hooks, "post_rollback")
         package = packages.get(pair.service, "(no package recorded)")
@@ -705,18 +709,21 @@ def _resume_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -
 
 
 def _rollback_steps(state: ResumeState, pairs: Sequence[Pair], catalog: Catalog) -> dict[str, list[str]]:
-    lifecycle = load_lifecycle()
     out: dict[str, list[str]] = {}
     for pair in pairs:
-        current = "failed" if pair.key in state.in_flight else state.states.get(pair.key, "pending")
-        out[pair.label(reverse=True)] = rollback_steps(
-            pair, catalog, state.layout, _rollback_action(lifecycle, current)
-        ) + dry_run_hook_lines(state.hooks, "post_rollback")
+        action = _rollback_action(state.lifecycle, _current_state(state, pair))
+        steps = rollback_steps(pair, catalog, state.layout, action)
+        out[pair.label(reverse=True)] = steps + dry_run_hook_lines(state.hooks, "post_rollback")
     return out
 
 
+def _current_state(state: ResumeState, pair: Pair) -> str:
+    """The state a resume or rollback acts from: failed for a pair caught mid-step."""
+    return state.lifecycle.failed if pair.key in state.in_flight else state.state_of(pair)
+
+
 def _rollback_action(lifecycle: Lifecycle, state: str) -> str:
-    edge = lifecycle.edge("rollback", state)
+    edge = lifecycle.edge(ROLLBACK, state)
     return edge.action if edge is not None and edge.action else "restore"
 
 
@@ -750,8 +757,8 @@ def _close_finished_run(state: ResumeState) -> None:
 def _state_word(state: ResumeState, pair: Pair) -> str:
     if pair.key in state.in_flight:
         return f"interrupted during {state.in_flight[pair.key]}"
-    word = state.states.get(pair.key, "pending")
-    if word == "rolled_back" and state.explicitly_rolled_back(pair):
+    word = state.state_of(pair)
+    if state.explicitly_rolled_back(pair):
         return "rolled_back by --rollback"
     return word
 

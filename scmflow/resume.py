@@ -12,11 +12,10 @@ from scmflow.catalog import Catalog
 from scmflow.errors import PlanError, ScmflowError
 from scmflow.fanout import map_hosts
 from scmflow.inventory import HostInventory, probe_host
-from scmflow.machine import Lifecycle
+from scmflow.lifecycle import RETRY, ROLLBACK, Lifecycle
 from scmflow.plan import Pair, planned_nodes
 from scmflow.records import probe_record, run_record
 from scmflow.release import Release
-from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.rollback import match_hosts, match_services
 from scmflow.runstate import (
@@ -28,13 +27,14 @@ from scmflow.runstate import (
     make_runs,
     state_hooks,
 )
+from scmflow.session.base import Session
 from scmflow.upgrade import RunSettings, drive_upgrade
 
 
 def fresh_pairs(state: ResumeState, pairs: Sequence[Pair]) -> list[Pair]:
     """Pairs that a resume starts from a clean state: pending, or rolled back, nothing in flight."""
-    clean = ("pending", "rolled_back")
-    return [p for p in pairs if p.key not in state.in_flight and state.states.get(p.key, "pending") in clean]
+    clean = state.lifecycle.clean()
+    return [p for p in pairs if p.key not in state.in_flight and state.state_of(p) in clean]
 
 
 def reprobe_pairs(
@@ -127,13 +127,13 @@ def resume_upgrade(
                 run.mark_failed(
                     state.in_flight[key], "interrupted: the step had begun but its outcome was not recorded"
                 )
-            if run.state not in ("pending", "verified", "rolled_back"):
+            if run.state not in (*lifecycle.clean(), lifecycle.done):
                 reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
-                run.fire("rollback")
+                run.fire(ROLLBACK)
                 if hooks is not None:
                     hooks.run("post_rollback", run.pair)
-            if run.state == "rolled_back":
-                run.fire("retry")
+            if run.state == lifecycle.rolled_back:
+                run.fire(RETRY)
             states[key] = run.state
     except ScmflowError as exc:
         close_run(journal, "resume", "failed", f"rolling back a pair before redoing it failed: {exc.message}")
@@ -192,7 +192,7 @@ def select_resume(
             wanted_services is not None and pair.service not in wanted_services
         ):
             continue
-        if state.states.get(pair.key) == "verified" and pair.key not in state.in_flight:
+        if state.states.get(pair.key) == state.lifecycle.done and pair.key not in state.in_flight:
             continue
         if not named and (state.explicitly_rolled_back(pair) or (undone and _never_started(state, pair))):
             kept.append(pair)
@@ -202,7 +202,7 @@ def select_resume(
 
 
 def _never_started(state: ResumeState, pair: Pair) -> bool:
-    return state.states.get(pair.key, "pending") == "pending" and pair.key not in state.in_flight
+    return state.state_of(pair) == state.lifecycle.initial and pair.key not in state.in_flight
 
 
 def _undone_by_rollback(state: ResumeState) -> bool:

@@ -11,16 +11,13 @@ from scmflow.catalog import Catalog
 from scmflow.errors import PlanError
 from scmflow.fanout import map_hosts
 from scmflow.inventory import probe_host
-from scmflow.machine import Lifecycle
+from scmflow.lifecycle import Lifecycle
 from scmflow.plan import Pair, group_stages
 from scmflow.records import run_record
-from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.runstate import Progress, ResumeState, RunOutcome, finish_run, make_runs, state_hooks
 from scmflow.scheduler import Scheduler
-
-# States whose files are the new version's when nothing was in flight: the original's checks apply.
-_CLEAN_UPGRADED = ("replaced", "restarted", "verified")
+from scmflow.session.base import Session
 
 
 @dataclass
@@ -89,10 +86,9 @@ def match_services(catalog: Catalog, services: Sequence[str] | None) -> tuple[st
 
 def needs_rollback(state: ResumeState, pair: Pair) -> bool:
     """Whether the status file says the pair changed anything that rollback must undo."""
-    current = state.states.get(pair.key, "pending")
     if pair.key in state.in_flight:
         return True
-    return current not in ("pending", "rolled_back")
+    return state.state_of(pair) not in state.lifecycle.clean()
 
 
 def check_pairs(
@@ -105,9 +101,9 @@ def check_pairs(
 ) -> RollbackSelection:
     """The original's per-pair checks on the hosts (`parallel` at a time), for pairs cleanly upgraded."""
     selection = RollbackSelection(pairs=[])
-    clean = [
-        p for p in candidates if p.key not in state.in_flight and state.states.get(p.key) in _CLEAN_UPGRADED
-    ]
+    # cleanly upgraded: the files are the new version's and nothing was in flight
+    upgraded = state.lifecycle.after_stop()
+    clean = [p for p in candidates if p.key not in state.in_flight and state.states.get(p.key) in upgraded]
     found = map_hosts(
         list(dict.fromkeys(p.host for p in clean)),
         lambda host: _check_host(state, host, [p for p in clean if p.host == host], sessions[host], catalog),

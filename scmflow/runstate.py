@@ -20,12 +20,13 @@ from scmflow.errors import JournalError, ScmflowError, UntrustedStatusFile
 from scmflow.header import check_header_shape, check_header_values
 from scmflow.hooks import Hooks, PairHooks
 from scmflow.journal import Authenticity, Journal, JournalContents, PairReplay, read_journal, replay
-from scmflow.machine import Lifecycle, PairRun
+from scmflow.lifecycle import Lifecycle, load_lifecycle
+from scmflow.machine import PairRun
 from scmflow.plan import Pair
 from scmflow.records import run_record
-from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.scheduler import StageResult, describe_failure
+from scmflow.session.base import Session
 from scmflow.statuskey import StatusKey
 
 
@@ -214,6 +215,8 @@ class ResumeState:
     # The run's hooks, and the variables a hook must never see (from the header)
     hooks: Hooks = field(default_factory=Hooks)
     hook_env_exclude: tuple[str, ...] = ()
+    # The pair lifecycle (states/pair.toml) the states above were replayed with
+    lifecycle: Lifecycle = field(default_factory=load_lifecycle)
 
     def writer(self) -> Journal:
         """The journal to append to; JournalError for a file opened read-only."""
@@ -223,7 +226,12 @@ class ResumeState:
 
     def explicitly_rolled_back(self, pair: Pair) -> bool:
         """Whether an operator's --rollback, not a failure, left this pair rolled back."""
-        return self.states.get(pair.key) == "rolled_back" and self.rolled_back_by.get(pair.key) == "rollback"
+        rolled_back = self.states.get(pair.key) == self.lifecycle.rolled_back
+        return rolled_back and self.rolled_back_by.get(pair.key) == "rollback"
+
+    def state_of(self, pair: Pair) -> str:
+        """The pair's last committed state; the lifecycle's initial state if nothing was recorded."""
+        return self.states.get(pair.key, self.lifecycle.initial)
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,8 @@ def _check_contents(path: Path, contents: JournalContents, trust: StatusTrust | 
 
 def _state_of(contents: JournalContents, journal: Journal | None) -> ResumeState:
     header = contents.header
-    replayed = replay(contents)
+    lifecycle = load_lifecycle()
+    replayed = replay(contents, lifecycle)
     pairs = [
         _replayed_pair(Pair.from_record(r), replayed.get((r["host"], r["service"]))) for r in header["plan"]
     ]
@@ -306,6 +315,7 @@ def _state_of(contents: JournalContents, journal: Journal | None) -> ResumeState
         path=contents.path,
         hooks=Hooks() if header.get("hooks") is None else Hooks.from_record(header["hooks"]),
         hook_env_exclude=tuple(str(n) for n in header.get("hook_env_exclude") or ()),
+        lifecycle=lifecycle,
     )
 
 

@@ -16,14 +16,9 @@ from dataclasses import dataclass, field
 from scmflow.errors import ScmflowError
 from scmflow.hooks import HookFailed, PairHooks
 from scmflow.hooks import describe as describe_hook
-from scmflow.machine import FAILED, PairRun
+from scmflow.lifecycle import ROLLBACK
+from scmflow.machine import PairRun
 from scmflow.plan import Pair
-
-UPGRADE_TRIGGERS = ("backup", "replace", "restart", "verify")
-# states in which a pair's nodes have not been stopped yet: the pre_stop hook runs there
-BEFORE_STOP = ("pending", "backed_up")
-DONE = "verified"
-ROLLED_BACK = "rolled_back"
 
 
 @dataclass
@@ -101,7 +96,7 @@ class Scheduler:
             if result.failures and halt_on_failure:
                 self._halt.set()
         result.interrupted = self.stop.is_set()
-        left = any(self.runs[p.key].state != DONE for stage in stages for p in stage)
+        left = any(not _done(self.runs[p.key]) for stage in stages for p in stage)
         result.paused = self._pause.is_set() and left and not result.failures and not result.interrupted
         return result
 
@@ -112,14 +107,14 @@ class Scheduler:
 
     def _upgrade_pair(self, pair: Pair, result: StageResult) -> None:
         run = self.runs[pair.key]
-        if run.state == DONE:
+        if _done(run):
             return
         if self.on_pair_start is not None:
             self.on_pair_start(pair)
-        # before the pair's nodes stop (replace stops them): a drain from the load balancer
-        if run.state in BEFORE_STOP and not self._hook_passed(run, pair, "pre_stop", result):
+        # before the pair's nodes stop (the lifecycle's `stops_nodes` trigger): a drain from the load balancer
+        if run.state in run.lifecycle.before_stop() and not self._hook_passed(run, pair, "pre_stop", result):
             return
-        for trigger in UPGRADE_TRIGGERS:
+        for trigger in run.lifecycle.upgrade:
             if not run.can(trigger):
                 continue
             if self.stop.is_set():
@@ -129,9 +124,9 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and rolled back
                 self._record_failure(result, self._rollback_failed(run, pair, trigger, exc))
                 return
-        if run.state == DONE and not self._hook_passed(run, pair, "post_verify", result):
+        if _done(run) and not self._hook_passed(run, pair, "post_verify", result):
             return
-        if run.state == DONE:
+        if _done(run):
             with self._lock:
                 result.completed.append(pair)
                 # pairs already in flight finish; no new one starts
@@ -154,7 +149,7 @@ class Scheduler:
         self._halt.set()
         failure = PairFailure(pair=pair, trigger=trigger, error=exc)
         try:
-            run.fire("rollback")
+            run.fire(ROLLBACK)
         except Exception as rb_exc:  # noqa: BLE001 - reported with the original failure
             failure.rollback_error = rb_exc
         else:
@@ -168,14 +163,14 @@ class Scheduler:
 
     def _rollback_pair(self, pair: Pair, result: StageResult) -> None:
         run = self.runs[pair.key]
-        if run.state == ROLLED_BACK or not run.can("rollback"):
+        if run.state == run.lifecycle.rolled_back or not run.can(ROLLBACK):
             return
         if self.on_pair_start is not None:
             self.on_pair_start(pair)
         try:
-            run.fire("rollback")
+            run.fire(ROLLBACK)
         except Exception as exc:  # noqa: BLE001 - recorded; the other pairs still roll back
-            self._record_failure(result, PairFailure(pair=pair, trigger="rollback", error=exc))
+            self._record_failure(result, PairFailure(pair=pair, trigger=ROLLBACK, error=exc))
             return
         self._after_rollback(pair)
         with self._lock:
@@ -193,11 +188,16 @@ def describe_failure(failure: PairFailure) -> str:
     line = f"[{failure.pair.host}]:{failure.pair.printed}: {failure.trigger} failed: {message}"
     if failure.rollback_error is not None:
         line += f"; rolling it back also failed: {failure.rollback_error}"
-    elif failure.trigger != "rollback":
+    elif failure.trigger != ROLLBACK:
         line += f"; it was rolled back to {failure.pair.old_version or 'none'}"
     return line
 
 
 def is_failed(run: PairRun) -> bool:
     """Whether the pair is in the failed state."""
-    return run.state == FAILED
+    return run.state == run.lifecycle.failed
+
+
+def _done(run: PairRun) -> bool:
+    """Whether the pair has reached the lifecycle's done state (verified)."""
+    return run.state == run.lifecycle.done

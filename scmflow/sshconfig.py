@@ -45,7 +45,7 @@ import paramiko
 
 from scmflow.config import check_host_name
 from scmflow.errors import ConfigError
-from scmflow.remote import SSHTarget
+from scmflow.session.targets import SSHTarget
 
 MAX_HOPS = 8
 _MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shlex
 import textwrap
-import tomllib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +16,11 @@ from typing import Any
 
 import msgpack
 
-from scmflow.errors import CatalogError, JournalError
+from scmflow.errors import JournalError
 from scmflow.hooks import PHASES
 from scmflow.journal import (
     AUTHENTIC,
     FILE_PREFIX,
-    INITIAL_STATE,
     INVALID,
     NAME_TIME_FORMAT,
     NO_KEY,
@@ -35,7 +33,7 @@ from scmflow.journal import (
     read_journal,
     replay,
 )
-from scmflow.resources import states_file
+from scmflow.lifecycle import Lifecycle, load_lifecycle
 
 EXPORT_SCHEMA = "scmflow-status-export/1"
 
@@ -81,12 +79,11 @@ def run_records(contents: JournalContents) -> list[dict[str, Any]]:
 
 
 def never_started(pair: PairReplay) -> bool:
-    """Whether nothing was ever done to the pair: pending, nothing in flight, no action recorded."""
-    return (
-        pair.state == INITIAL_STATE
-        and pair.in_flight is None
-        and not any(r.get("kind") in _ACTION_KINDS for r in pair.history)
-    )
+    """Whether nothing was ever done to the pair: nothing in flight, no action recorded.
+
+    Such a pair is still in the lifecycle's initial state: only those records move a pair.
+    """
+    return pair.in_flight is None and not any(r.get("kind") in _ACTION_KINDS for r in pair.history)
 
 
 def never_started_count(pairs: Mapping[tuple[str, str], PairReplay]) -> int:
@@ -94,8 +91,13 @@ def never_started_count(pairs: Mapping[tuple[str, str], PairReplay]) -> int:
     return sum(1 for p in pairs.values() if never_started(p))
 
 
-def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay]) -> str:
+def outcome_of(
+    contents: JournalContents,
+    pairs: Mapping[tuple[str, str], PairReplay],
+    lifecycle: Lifecycle | None = None,
+) -> str:
     """The file's outcome; rules in order, first match wins (see docs/status-file.md)."""
+    lifecycle = lifecycle or load_lifecycle()
     runs = run_records(contents)
     last = _run_detail(runs[-1]) if runs else {}
     last_result = last.get("result")
@@ -104,7 +106,7 @@ def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairRe
     if last_result == PAUSED:
         return PAUSED
     states = [p.state for p in pairs.values()]
-    rolled_back = sum(1 for s in states if s == "rolled_back")
+    rolled_back = sum(1 for s in states if s == lifecycle.rolled_back)
     # A crash can stop an upgrade before it reaches some pairs; a rollback then leaves them
     # pending, yet they are exactly as they were before the upgrade, like a rolled-back pair.
     as_before = rolled_back + never_started_count(pairs)
@@ -113,11 +115,12 @@ def outcome_of(contents: JournalContents, pairs: Mapping[tuple[str, str], PairRe
         return ROLLED_BACK
     if last.get("action") == "rollback" and rolled_back:
         return PARTIALLY_ROLLED_BACK
-    if last_result == SUCCESS and all(s == "verified" for s in states):
+    if last_result == SUCCESS and all(s == lifecycle.done for s in states):
         return SUCCESS
     # a resume narrowed by --host/--service that did all it was asked: the rest is left on
     # purpose, still pending, and a later resume carries on
-    if last_result == SUCCESS and last.get("action") == "resume" and set(states) <= {"verified", "pending"}:
+    left_on_purpose = set(states) <= {lifecycle.done, lifecycle.initial}
+    if last_result == SUCCESS and last.get("action") == "resume" and left_on_purpose:
         return PAUSED
     return FAILED
 
@@ -208,8 +211,9 @@ def render_show(
     contents: JournalContents, *, timeline: bool = False, width: int = 100, key_path: Path | None = None
 ) -> str:
     """Who ran it, when, what, whether it is authentic; a table of pairs; optionally every event."""
-    pairs = replay(contents)
-    lines = _summary_lines(contents, pairs, width, key_path)
+    lifecycle = load_lifecycle()
+    pairs = replay(contents, lifecycle)
+    lines = _summary_lines(contents, pairs, lifecycle, width, key_path)
     lines.append("")
     lines.extend(_pair_table(list(pairs.values()), width))
     lines.extend(_error_lines(list(pairs.values()), width))
@@ -225,7 +229,11 @@ def render_show(
 
 
 def _summary_lines(
-    contents: JournalContents, pairs: Mapping[tuple[str, str], PairReplay], width: int, key_path: Path | None
+    contents: JournalContents,
+    pairs: Mapping[tuple[str, str], PairReplay],
+    lifecycle: Lifecycle,
+    width: int,
+    key_path: Path | None,
 ) -> list[str]:
     header = contents.header
     runs = run_records(contents)
@@ -245,7 +253,7 @@ def _summary_lines(
          f"backup {_setting(header, 'remote_backup_dir', 'backup_dir')}"),
         ("Hosts", _hosts_text(header.get("hosts"))),
         ("Runs", ", ".join(_run_text(r) for r in runs) or "none recorded"),
-        ("Outcome", outcome_of(contents, pairs)),
+        ("Outcome", outcome_of(contents, pairs, lifecycle)),
         ("Pairs", f"{never_started_count(pairs)} of {len(pairs)} never started"),
         ("Authentic", authenticity_text(contents.authenticity, key_path)),
     ]
@@ -502,7 +510,8 @@ def _printable(text: str) -> str:
 
 def export_json(contents: JournalContents) -> dict[str, Any]:
     """The whole file as JSON-ready data, schema `scmflow-status-export/1`."""
-    pairs = replay(contents)
+    lifecycle = load_lifecycle()
+    pairs = replay(contents, lifecycle)
     return {
         "schema": EXPORT_SCHEMA,
         "file": str(contents.path),
@@ -511,7 +520,7 @@ def export_json(contents: JournalContents) -> dict[str, Any]:
         "digests": [d.hex() for d in contents.digests],
         "torn_tail": contents.torn_tail,
         "problems": list(contents.problems),
-        "outcome": outcome_of(contents, pairs),
+        "outcome": outcome_of(contents, pairs, lifecycle),
         "never_started": never_started_count(pairs),
         "pairs": [_pair_export(p) for p in pairs.values()],
         "authenticity": _authenticity_export(contents.authenticity),
@@ -567,60 +576,22 @@ def _jsonable(value: Any) -> Any:
 
 
 def render_diagram(pair_toml_path: Path | None = None) -> str:
-    """A Mermaid `stateDiagram-v2` of the pair lifecycle in states/pair.toml."""
-    path = pair_toml_path or states_file("pair.toml")
-    lifecycle = _load_lifecycle(path)
-    states: Mapping[str, Mapping[str, Any]] = lifecycle["states"]
-    lines = ["stateDiagram-v2", f"    [*] --> {lifecycle['initial']}"]
-    for transition in lifecycle["transitions"]:
-        label = str(transition["trigger"])
-        action = transition.get("action")
-        if action and action != label:
-            label += f" ({action})"
-        for source in transition["source"]:
-            lines.append(f"    {source} --> {transition['dest']} : {label}")
-    for name, spec in states.items():
-        if spec.get("final"):
-            lines.append(f"    {name} --> [*]")
-    for name, spec in states.items():
-        description = str(spec.get("description", "")).replace(";", ",").strip()
+    """A Mermaid `stateDiagram-v2` of the pair lifecycle in states/pair.toml (or the file given)."""
+    lifecycle = load_lifecycle(pair_toml_path)
+    lines = ["stateDiagram-v2", f"    [*] --> {lifecycle.initial}"]
+    for transition in lifecycle.transitions:
+        label = transition.trigger
+        if transition.action and transition.action != label:
+            label += f" ({transition.action})"
+        lines.extend(f"    {source} --> {transition.dest} : {label}" for source in transition.source)
+    lines.extend(f"    {name} --> [*]" for name in lifecycle.states if name in lifecycle.final)
+    for name, text in lifecycle.states.items():
+        description = text.replace(";", ",").strip()
         if description:
             lines.append(f"    note right of {name}")
             lines.extend(f"        {line}" for line in textwrap.wrap(description, _NOTE_WIDTH))
             lines.append("    end note")
     return "\n".join(lines) + "\n"
-
-
-def _load_lifecycle(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise CatalogError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"{path}: {exc}") from exc
-    states = data.get("states")
-    transitions = data.get("transitions")
-    initial = data.get("initial")
-    if not isinstance(states, dict) or not states:
-        raise CatalogError(f"{path}: no [states]")
-    if initial not in states:
-        raise CatalogError(f"{path}: initial state {initial!r} is not declared")
-    if not isinstance(transitions, list):
-        raise CatalogError(f"{path}: no [[transitions]]")
-    for index, transition in enumerate(transitions):
-        source = transition.get("source") if isinstance(transition, dict) else None
-        if isinstance(source, str):
-            transition["source"] = source = [source]
-        if not (
-            isinstance(transition, dict)
-            and isinstance(transition.get("trigger"), str)
-            and isinstance(source, list)
-            and all(s in states for s in source)
-            and transition.get("dest") in states
-        ):
-            raise CatalogError(f"{path}: transition {index + 1} needs a trigger and declared states")
-    return {"initial": initial, "states": states, "transitions": transitions}
 
 
 # --- listing ------------------------------------------------------------------------
@@ -641,9 +612,10 @@ def list_status_files(status_dir: Path) -> list[StatusSummary]:
 def summarize(path: Path) -> StatusSummary:
     """One file's listing entry; an unreadable file is listed with the reason."""
     created = _created_text(path)
+    lifecycle = load_lifecycle()
     try:
         contents = read_journal(path)
-        pairs = replay(contents)
+        pairs = replay(contents, lifecycle)
     except JournalError as exc:
         return StatusSummary(path=path, created=created, outcome=UNREADABLE, detail=str(exc))
     actions = tuple(
@@ -653,7 +625,7 @@ def summarize(path: Path) -> StatusSummary:
     return StatusSummary(
         path=path,
         created=created,
-        outcome=outcome_of(contents, pairs),
+        outcome=outcome_of(contents, pairs, lifecycle),
         actions=actions,
         release_version=str(release.get("version")) if isinstance(release, Mapping) else None,
         pair_count=len(pairs),

@@ -30,7 +30,6 @@ from scmflow.machine import Lifecycle
 from scmflow.plan import Pair, Plan, group_stages, make_plan
 from scmflow.records import note_record, run_record
 from scmflow.release import Release, load_release
-from scmflow.remote import Session
 from scmflow.report import Reporter
 from scmflow.runstate import (
     HostEntry,
@@ -42,6 +41,7 @@ from scmflow.runstate import (
     pair_hooks,
 )
 from scmflow.scheduler import Scheduler
+from scmflow.session.base import Session
 from scmflow.statuskey import StatusKey
 
 Connector = Callable[[Sequence[str]], dict[str, Session]]
@@ -318,7 +318,7 @@ def drive_upgrade(
     action: str,
     hooks: PairHooks | None = None,
 ) -> RunOutcome:
-    todo = [p for p in pairs if states.get(p.key) != "verified"]
+    todo = [p for p in pairs if states.get(p.key) != lifecycle.done]
     pairs_by_host: dict[str, list[Pair]] = {}
     for pair in todo:
         pairs_by_host.setdefault(pair.host, []).append(pair)

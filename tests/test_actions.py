@@ -15,7 +15,7 @@ from scmflow.agentcall import AgentError
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError
 from scmflow.plan import Pair, PlannedNode
-from scmflow.remote import CommandResult, StreamEnded
+from scmflow.session.base import CommandResult, StreamEnded
 
 CATALOG = load_catalog()
 LAYOUT = RemoteLayout(

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from scmflow import agent
-from scmflow.remote import _RECEIVER
+from scmflow.session.upload import RECEIVER as _RECEIVER
 
 PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted module ran')\n"
 

@@ -14,7 +14,9 @@ from scmflow import agent, agentcall
 from scmflow.agentcall import AgentError, AgentLink
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError, RemoteTimeout
-from scmflow.remote import LocalSession, Stream
+from scmflow.session import local as remote
+from scmflow.session.base import Stream
+from scmflow.session.local import LocalSession
 
 # A stand-in agent with the serving protocol: replies with its pid; `slow` sleeps, `die` exits 3.
 FAKE = r"""
@@ -103,6 +105,7 @@ def test_a_lost_agent_is_reported_with_its_stderr_and_replaced() -> None:
 @pytest.mark.usefixtures("fake_agent")
 def test_a_late_step_times_out_and_the_next_step_gets_a_fresh_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agentcall, "STEP_MARGIN", 0.0)
+    monkeypatch.setattr(remote, "_EXIT_WAIT", 0.5)  # the late agent is killed sooner (5 s in use)
     session = CountingSession()
     link = AgentLink(session, user=None, java_home=None)
     with pytest.raises(RemoteTimeout, match=r"\[h1\] slow did not finish within 0.5 s"):
@@ -164,6 +167,7 @@ def test_nothing_is_sent_to_an_agent_that_has_not_greeted(
     seen = tmp_path / "stdin"
     monkeypatch.setattr(agent, "serve_argv", lambda: [sys.executable, "-c", SILENT, str(seen)])
     monkeypatch.setattr(agentcall, "GREETING_TIMEOUT", 1.0)
+    monkeypatch.setattr(remote, "_EXIT_WAIT", 0.5)  # the silent agent is killed sooner (5 s in use)
     session = CountingSession()
     link = AgentLink(session, user=None, java_home=None)
     with pytest.raises(RemoteTimeout, match="greeting"):

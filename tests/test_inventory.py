@@ -13,7 +13,7 @@ from scmflow.agentcall import STEP_MARGIN
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError
 from scmflow.inventory import HostCheckError, InstalledService, Node, java_key, probe_host
-from scmflow.remote import CommandResult
+from scmflow.session.base import CommandResult
 
 CATALOG = load_catalog()
 SERVICES = [CATALOG.get("gateway"), CATALOG.get("daemon")]

@@ -9,6 +9,8 @@ import os
 import random
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -327,22 +329,36 @@ def test_every_changed_byte_is_detected_and_located(tmp_path: Path) -> None:
     for seq, (start, end) in enumerate(spans):
         for offset in range(start, end):
             for mask in (0x01, 0x80, 0xFF):
-                damaged = bytearray(data)
-                damaged[offset] ^= mask
-                path.write_bytes(bytes(damaged))
-                where = f"record {seq}, offset {offset}, mask {mask:#x}"
-                with pytest.raises(JournalError):
-                    read_journal(path)
-                try:
-                    result = verify_journal(path)
-                except JournalError:
-                    # A header mangled beyond recognition is "not a status file".
-                    assert seq == 0, where
-                    continue
-                assert not result.ok and not result.torn_tail, where
-                assert result.first_bad_seq == seq, where
-                assert result.first_bad_offset == start, where
-                assert result.count == seq, where
+                with flipped(path, data, offset, mask):
+                    where = f"record {seq}, offset {offset}, mask {mask:#x}"
+                    with pytest.raises(JournalError):
+                        read_journal(path)
+                    try:
+                        result = verify_journal(path)
+                    except JournalError:
+                        # A header mangled beyond recognition is "not a status file".
+                        assert seq == 0, where
+                        continue
+                    assert not result.ok and not result.torn_tail, where
+                    assert result.first_bad_seq == seq, where
+                    assert result.first_bad_offset == start, where
+                    assert result.count == seq, where
+
+
+@contextmanager
+def flipped(path: Path, data: bytes, offset: int, mask: int) -> Iterator[None]:
+    """`path` holds `data` with the byte at `offset` XORed with `mask`, until the block ends.
+
+    The byte is written in place (rewriting the whole file each time costs more than the
+    checks themselves); the file's bytes are the same as a rewrite's.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes([data[offset] ^ mask]), offset)
+        yield
+    finally:
+        os.pwrite(fd, data[offset : offset + 1], offset)
+        os.close(fd)
 
 
 def test_rewritten_record_breaks_the_chain(tmp_path: Path) -> None:
@@ -688,20 +704,18 @@ def test_every_changed_byte_of_a_keyed_file_is_found(tmp_path: Path) -> None:
     data = path.read_bytes()
     for seq, (start, end) in enumerate(frame_offsets(data)):
         for offset in range(start, end):
-            damaged = bytearray(data)
-            damaged[offset] ^= 0x01
-            path.write_bytes(bytes(damaged))
-            where = f"record {seq}, offset {offset}"
-            try:
-                result = verify_journal(path, key=KEY)
-            except JournalError:
-                assert seq == 0, where  # a header mangled beyond recognition
-                continue
-            assert not result.authentic, where
-            if result.ok:  # only the MAC changed: the chain cannot see it, the key can
-                assert result.authenticity.first_bad_seq == seq, where
-            else:
-                assert (result.first_bad_seq, result.first_bad_offset) == (seq, start), where
+            with flipped(path, data, offset, 0x01):
+                where = f"record {seq}, offset {offset}"
+                try:
+                    result = verify_journal(path, key=KEY)
+                except JournalError:
+                    assert seq == 0, where  # a header mangled beyond recognition
+                    continue
+                assert not result.authentic, where
+                if result.ok:  # only the MAC changed: the chain cannot see it, the key can
+                    assert result.authenticity.first_bad_seq == seq, where
+                else:
+                    assert (result.first_bad_seq, result.first_bad_offset) == (seq, start), where
 
 
 def test_torn_tail_of_a_keyed_file_leaves_the_rest_authentic(tmp_path: Path) -> None:
@@ -767,3 +781,30 @@ def test_open_for_append_checks_before_it_repairs_anything(tmp_path: Path) -> No
 def test_key_id_is_set_by_the_journal_only(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="key_id"):
         Journal.create(tmp_path, header(key_id="0123456789abcdef"), now=NOW, key=KEY)
+
+
+def test_replay_takes_the_initial_failed_and_rolled_back_states_from_the_lifecycle(tmp_path: Path) -> None:
+    from dataclasses import replace as with_roles
+
+    from scmflow.lifecycle import load_lifecycle
+
+    with Journal.create(tmp_path, header(), now=NOW, clock=Ticker()) as journal:
+        journal.append(
+            pair_event("fail", "h1", "gateway", "backup", "pending", "failed", detail={"error": "x"})
+        )
+        journal.append({"kind": "run", "detail": {"action": "rollback", "result": "started"}})
+        journal.append(pair_event("transition", "h2", "gateway", "rollback", "pending", "rolled_back"))
+        path = journal.path
+    contents = read_journal(path)
+    default = replay(contents)
+    assert [default[k].state for k in (("h1", "gateway"), ("h2", "gateway"), ("h1", "content-server"))] == [
+        "failed",
+        "rolled_back",
+        "pending",
+    ]
+    assert default[("h2", "gateway")].rolled_back_by == "rollback"
+    renamed = with_roles(load_lifecycle(), initial="planned", failed="broken", rolled_back="pending")
+    pairs = replay(contents, renamed)
+    assert pairs[("h1", "gateway")].state == "broken"
+    assert pairs[("h1", "content-server")].state == "planned"
+    assert pairs[("h2", "gateway")].rolled_back_by is None  # "rolled_back" is not the rolled-back state here

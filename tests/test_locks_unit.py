@@ -32,7 +32,7 @@ from scmflow.locks import (
     judge,
     process_start,
 )
-from scmflow.remote import LocalSession
+from scmflow.session.local import LocalSession
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 HERE = RunIdentity(run_id="here.1")
@@ -376,7 +376,10 @@ def test_nothing_to_do_still_clears_dead_locks_and_only_those(tmp_path: Path) ->
     warnings: list[str] = []
     for host, pack in packs.items():
         session = LocalSession(host=host)
-        clear_dead_host_locks({host: session}, upgrade_pack_path=pack, run_id="r", warn=warnings.append)
+        # as this user, who owns the locks here (the default admin user, root, needs root)
+        clear_dead_host_locks(
+            {host: session}, upgrade_pack_path=pack, run_id="r", warn=warnings.append, admin_user=ME
+        )
     assert not Path(host_lock_path(packs["h1"])).exists()
     assert Path(host_lock_path(packs["h2"])).exists(), "not provably dead: left alone"
     assert len(warnings) == 1 and warnings[0].startswith("Removed the run lock on h1 left by run gone.4242")

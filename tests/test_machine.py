@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,6 @@ import pytest
 
 from scmflow.errors import CatalogError, RemoteError
 from scmflow.machine import (
-    FAILED,
     Lifecycle,
     PairRun,
     load_lifecycle,
@@ -32,7 +32,13 @@ PAIR = Pair(
 
 # A small valid lifecycle; the bad-file tests each break one thing in it.
 GOOD = """
+[lifecycle]
 initial = "pending"
+upgrade = ["work"]
+stops_nodes = "work"
+done = "done"
+failed = "failed"
+rolled_back = "rolled_back"
 
 [states.pending]
 description = "planned"
@@ -62,9 +68,15 @@ action = "undo"
 
 [[transitions]]
 trigger = "fail"
-source = ["pending"]
+source = ["pending", "done", "failed", "rolled_back"]
 dest = "failed"
+
+[[transitions]]
+trigger = "retry"
+source = ["rolled_back"]
+dest = "pending"
 """
+FAILED = load_lifecycle().failed
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -110,6 +122,12 @@ def make_run(recorder: Recorder, initial: str | None = None) -> PairRun:
 def test_real_lifecycle_loads_with_its_states_and_finals() -> None:
     lifecycle = load_lifecycle()
     assert lifecycle.initial == "pending"
+    assert (lifecycle.done, lifecycle.failed, lifecycle.rolled_back) == ("verified", "failed", "rolled_back")
+    assert lifecycle.upgrade == ("backup", "replace", "restart", "verify")
+    assert lifecycle.upgrade_path() == ("pending", "backed_up", "replaced", "restarted", "verified")
+    assert lifecycle.before_stop() == ("pending", "backed_up")
+    assert lifecycle.after_stop() == ("replaced", "restarted", "verified")
+    assert lifecycle.clean() == ("pending", "rolled_back")
     assert list(lifecycle.states) == [
         "pending",
         "backed_up",
@@ -130,25 +148,26 @@ def test_real_lifecycle_has_no_unreachable_state() -> None:
 def test_every_non_final_real_state_has_a_rollback_edge() -> None:
     lifecycle = load_lifecycle()
     assert states_without_rollback(lifecycle) == set()
-    # `failed` is not final, so the check above covers it: only rollback leaves it.
+    # `failed` is not final, so the check above covers it: only rollback leaves it for
+    # another state (`fail` loops on it when a rollback of a failed pair fails).
     assert "failed" not in lifecycle.final
-    assert [t.trigger for t in lifecycle.transitions if "failed" in t.source] == ["rollback"]
+    leaving = {(t.trigger, t.dest) for t in lifecycle.transitions if "failed" in t.source}
+    assert leaving == {("rollback", "rolled_back"), ("fail", "failed")}
+
+
+def test_every_real_state_has_a_fail_edge_to_failed() -> None:
+    lifecycle = load_lifecycle()
+    for state in lifecycle.states:
+        edge = lifecycle.edge("fail", state)
+        assert edge is not None and edge.dest == "failed" and edge.action is None, state
 
 
 def test_the_checks_catch_an_unreachable_state_without_rollback(tmp_path: Path) -> None:
-    broken = GOOD + '\n[states.orphan]\ndescription = "nobody goes here"\n'
-    lifecycle = load_lifecycle(write(tmp_path, broken))
-    assert unreachable_states(lifecycle) == {"orphan"}
-    assert states_without_rollback(lifecycle) == {"orphan"}
-
-
-def test_the_checks_catch_a_reachable_state_without_rollback(tmp_path: Path) -> None:
-    broken = GOOD.replace('dest = "done"', 'dest = "limbo"') + (
-        '\n[states.limbo]\ndescription = "reached, never left"\n'
-    )
-    lifecycle = load_lifecycle(write(tmp_path, broken))
-    assert unreachable_states(lifecycle) == {"done"}
-    assert states_without_rollback(lifecycle) == {"limbo"}
+    good = load_lifecycle(write(tmp_path, GOOD))
+    broken = dataclasses.replace(good, states={**good.states, "orphan": "nobody goes here"})
+    assert unreachable_states(broken) == {"orphan"}
+    assert states_without_rollback(broken) == {"orphan"}
+    assert unreachable_states(good) == states_without_rollback(good) == set()
 
 
 def test_edge_finds_the_transition_of_a_trigger_from_a_state() -> None:
@@ -192,10 +211,51 @@ def test_edge_finds_the_transition_of_a_trigger_from_a_state() -> None:
         ),
         (
             lambda t: t.replace('[states.failed]\ndescription = "failed"\n', ""),
-            "the 'failed' state must be declared",
+            "[lifecycle] failed state 'failed' is not declared",
         ),
         (lambda t: t.split("[[transitions]]")[0], "no [[transitions]]"),
-        (lambda t: 'initial = "pending"\n', "no [states.*] tables"),
+        (lambda t: t.split("[states.pending]")[0], "no [states.*] tables"),
+        (lambda t: 'initial = "pending"\n' + t, "unknown top-level keys initial"),
+        (lambda t: "[states.pending]" + t.split("[states.pending]")[1], "no [lifecycle] table"),
+        (
+            lambda t: t.replace('done = "done"', 'done = "done"\nretries = 3'),
+            "[lifecycle]: unknown keys retries",
+        ),
+        (
+            lambda t: t.replace('"work"]\nstops_nodes = "work"', '"retry"]\nstops_nodes = "retry"'),
+            "[lifecycle] upgrade: no 'retry' transition from 'pending'",
+        ),
+        (
+            lambda t: t.replace('"work"]\nstops_nodes = "work"', '"rollback"]\nstops_nodes = "rollback"'),
+            "[lifecycle] upgrade ends in 'rolled_back', not in the done state 'done'",
+        ),
+        (lambda t: t.replace('upgrade = ["work"]', "upgrade = []"), "'upgrade' must list the triggers"),
+        (
+            lambda t: t.replace('stops_nodes = "work"', 'stops_nodes = "rollback"'),
+            "'stops_nodes' 'rollback' is not a trigger of 'upgrade'",
+        ),
+        (
+            lambda t: t.replace('description = "done"\nfinal = true', 'description = "done"'),
+            "the done state 'done' must be final",
+        ),
+        (
+            lambda t: t + '\n[states.orphan]\ndescription = "nobody goes here"\n',
+            "states not reachable from 'pending': orphan",
+        ),
+        (
+            lambda t: t.replace('"rolled_back"]\ndest = "failed"', '"rolled_back", "limbo"]\ndest = "failed"')
+            + '\n[states.limbo]\ndescription = "reached, never left"\n'
+            + '\n[[transitions]]\ntrigger = "stall"\nsource = "pending"\ndest = "limbo"\n',
+            "non-final states without a 'rollback' edge to 'rolled_back': limbo",
+        ),
+        (
+            lambda t: t.replace('"failed", "rolled_back"]\ndest = "failed"', '"failed"]\ndest = "failed"'),
+            "states without a 'fail' edge to 'failed' (an action or hook can fail in each): rolled_back",
+        ),
+        (
+            lambda t: t.replace('trigger = "retry"', 'trigger = "again"'),
+            "no 'retry' edge from 'rolled_back' to 'pending'",
+        ),
         (
             lambda t: t.replace('description = "done"', "description = 7"),
             "state 'done' needs a description string",
@@ -214,6 +274,18 @@ def test_edge_finds_the_transition_of_a_trigger_from_a_state() -> None:
         "no-failed-state",
         "no-transitions",
         "no-states",
+        "top-level-initial",
+        "no-lifecycle-table",
+        "unknown-lifecycle-key",
+        "upgrade-not-a-chain",
+        "upgrade-not-ending-done",
+        "empty-upgrade",
+        "stops-nodes-off-path",
+        "done-not-final",
+        "unreachable-state",
+        "state-without-rollback",
+        "state-without-fail",
+        "no-retry",
         "bad-description",
         "bad-toml",
     ],
@@ -369,13 +441,18 @@ def test_rolled_back_has_no_rollback_and_retry_returns_to_pending_without_an_act
     assert recorder.events[0]["detail"] == {"action": None}
 
 
-def test_a_failing_rollback_leaves_the_pair_failed() -> None:
+@pytest.mark.parametrize("state", ["replaced", "failed"])
+def test_a_failing_rollback_leaves_the_pair_failed(state: str) -> None:
+    # from failed, the declared `fail` edge loops back on failed
     recorder = Recorder(fail_on={"restore": RemoteError("h1", "restore failed: gone")})
-    run = make_run(recorder, initial="replaced")
+    run = make_run(recorder, initial=state)
     with pytest.raises(RemoteError):
         run.fire("rollback")
     assert run.state == FAILED
-    assert recorder.kinds()[-1] == ("fail", "rollback", "replaced", "failed")
+    assert recorder.kinds() == [
+        ("begin", "rollback", state, "rolled_back"),
+        ("fail", "rollback", state, "failed"),
+    ]
 
 
 def test_mark_failed_records_the_interrupted_step_and_moves_to_failed() -> None:
@@ -407,5 +484,35 @@ def test_pair_runs_do_not_share_state() -> None:
 
 def test_the_real_file_is_the_one_loaded_by_default() -> None:
     raw = tomllib.loads(states_file("pair.toml").read_text(encoding="utf-8"))
-    assert load_lifecycle().initial == raw["initial"]
+    assert load_lifecycle().initial == raw["lifecycle"]["initial"]
     assert len(load_lifecycle().transitions) == len(raw["transitions"])
+
+
+@pytest.mark.parametrize("state", ["failed", "rolled_back", "verified"])
+def test_mark_failed_fires_the_declared_fail_edge_from_any_state(state: str) -> None:
+    # failed: a rollback of a failed pair was interrupted; rolled_back: a retry was
+    recorder = Recorder()
+    run = make_run(recorder, initial=state)
+    run.mark_failed("rollback", "interrupted")
+    assert run.state == FAILED
+    assert recorder.kinds() == [("fail", "rollback", state, "failed")]
+    assert recorder.events[0]["detail"] == {"error": "interrupted"}
+
+
+def test_a_journal_error_while_recording_fail_propagates_and_keeps_the_state() -> None:
+    def refuse(event: Mapping[str, Any]) -> None:
+        raise OSError("disk full")
+
+    recorder = Recorder()
+    run = PairRun(PAIR, load_lifecycle(), run_action=recorder.run_action, record=refuse, initial="backed_up")
+    with pytest.raises(OSError, match="disk full"):
+        run.mark_failed("replace", "interrupted")
+    assert run.state == "backed_up"
+
+
+def test_fail_is_not_fired_by_name() -> None:
+    recorder = Recorder()
+    run = make_run(recorder)
+    with pytest.raises(ValueError, match="no 'fail' from state 'pending'"):
+        run.fire("fail")
+    assert recorder.events == []

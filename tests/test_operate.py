@@ -25,9 +25,9 @@ from scmflow.catalog import load_catalog
 from scmflow.cli import ClusterOptions, Printer, main
 from scmflow.errors import ScmflowError
 from scmflow.journal import Journal, read_journal
-from scmflow.remote import SSHTarget
 from scmflow.resume import select_resume
 from scmflow.runstate import HostEntry, StatusTrust, open_run, read_run
+from scmflow.session.targets import SSHTarget
 from scmflow.statuskey import StatusKey, key_path, load_or_create_key
 from tests.forgery import forge
 

@@ -433,3 +433,69 @@ def test_a_failing_post_verify_rolls_the_pair_back_and_post_rollback_failures_go
     assert cluster.actions_of("h1") == [*UPGRADE, "restore"]
     assert runs[("h1", "gateway")].state == "rolled_back"
     assert hooks.calls[-1] == ("post_rollback", "h1")
+
+
+SHORT_LIFECYCLE = """
+[lifecycle]
+initial = "new"
+upgrade = ["swap", "check"]
+stops_nodes = "swap"
+done = "ok"
+failed = "broken"
+rolled_back = "undone"
+
+[states.new]
+[states.swapped]
+[states.ok]
+final = true
+[states.broken]
+[states.undone]
+final = true
+
+[[transitions]]
+trigger = "swap"
+source = "new"
+dest = "swapped"
+action = "swap"
+
+[[transitions]]
+trigger = "check"
+source = "swapped"
+dest = "ok"
+action = "check"
+
+[[transitions]]
+trigger = "fail"
+source = ["new", "swapped", "ok", "broken", "undone"]
+dest = "broken"
+
+[[transitions]]
+trigger = "rollback"
+source = ["new", "swapped", "broken"]
+dest = "undone"
+action = "undo"
+
+[[transitions]]
+trigger = "retry"
+source = "undone"
+dest = "new"
+"""
+
+
+def test_the_happy_path_and_its_state_names_come_from_the_lifecycle_file(tmp_path: Any) -> None:
+    path = tmp_path / "pair.toml"
+    path.write_text(SHORT_LIFECYCLE, encoding="utf-8")
+    lifecycle = load_lifecycle(path)
+    cluster = Cluster()
+    cluster.fail("check", "h2")
+    pairs = [pair("h1"), pair("h2")]
+    runs = {
+        p.key: PairRun(p, lifecycle, run_action=cluster.run_action, record=cluster.record) for p in pairs
+    }
+    result = Scheduler(runs, parallel=1, stop=threading.Event()).upgrade([pairs])
+    assert cluster.actions_of("h1") == ["swap", "check"]
+    assert cluster.actions_of("h2") == ["swap", "check", "undo"]
+    assert [p.host for p in result.completed] == ["h1"]
+    assert (runs[("h1", "gateway")].state, runs[("h2", "gateway")].state) == ("ok", "undone")
+    assert [e["kind"] for e in cluster.events if e["host"] == "h2"][-3:] == ["fail", "begin", "transition"]
+    assert not is_failed(runs[("h2", "gateway")])

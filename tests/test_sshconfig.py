@@ -10,7 +10,9 @@ import paramiko
 import pytest
 
 from scmflow.errors import ConfigError, HostKeyError, ScmflowError
-from scmflow.remote import SSHOptions, SSHTarget, check_host_key, connect_all
+from scmflow.session.hostkeys import check_host_key
+from scmflow.session.ssh import connect_all
+from scmflow.session.targets import SSHOptions, SSHTarget
 from scmflow.sshconfig import (
     ClientConfig,
     JumpSpec,

@@ -267,7 +267,7 @@ def test_diagram_has_every_state_and_transition() -> None:
     diagram = render_diagram()
     lines = [line.strip() for line in diagram.splitlines()]
     assert lines[0] == "stateDiagram-v2"
-    assert f"[*] --> {lifecycle['initial']}" in lines
+    assert f"[*] --> {lifecycle['lifecycle']['initial']}" in lines
     for name, spec in lifecycle["states"].items():
         assert f"note right of {name}" in lines
         if spec.get("final"):
@@ -289,29 +289,47 @@ def test_diagram_has_every_state_and_transition() -> None:
 
 def test_diagram_of_another_lifecycle_and_bad_files(tmp_path: Path) -> None:
     path = tmp_path / "pair.toml"
-    path.write_text(
-        'initial = "a"\n[states.a]\ndescription = "start"\n[states.b]\nfinal = true\n'
+    lifecycle = (
+        '[lifecycle]\ninitial = "a"\nupgrade = ["go"]\nstops_nodes = "go"\ndone = "b"\nfailed = "f"\n'
+        'rolled_back = "r"\n'
+        '[states.a]\ndescription = "start"\n[states.b]\nfinal = true\n[states.f]\n[states.r]\nfinal = true\n'
         '[[transitions]]\ntrigger = "go"\nsource = "a"\ndest = "b"\n'
+        '[[transitions]]\ntrigger = "fail"\nsource = ["a", "b", "f", "r"]\ndest = "f"\n'
+        '[[transitions]]\ntrigger = "rollback"\nsource = ["a", "f"]\ndest = "r"\naction = "undo"\n'
+        '[[transitions]]\ntrigger = "retry"\nsource = "r"\ndest = "a"\n'
     )
+    path.write_text(lifecycle)
     assert render_diagram(path).splitlines() == [
         "stateDiagram-v2",
         "    [*] --> a",
         "    a --> b : go",
+        "    a --> f : fail",
+        "    b --> f : fail",
+        "    f --> f : fail",
+        "    r --> f : fail",
+        "    a --> r : rollback (undo)",
+        "    f --> r : rollback (undo)",
+        "    r --> a : retry",
         "    b --> [*]",
+        "    r --> [*]",
         "    note right of a",
         "        start",
         "    end note",
     ]
-    path.write_text('initial = "x"\n[states.a]\n[[transitions]]\ntrigger="go"\nsource=["a"]\ndest="a"\n')
+    # the diagram uses the one lifecycle loader, with its checks and messages
+    path.write_text(lifecycle.replace('initial = "a"', 'initial = "x"'))
     with pytest.raises(CatalogError, match="initial state 'x'"):
         render_diagram(path)
-    path.write_text('initial = "a"\n[states.a]\n[[transitions]]\ntrigger="go"\nsource=["a"]\ndest="z"\n')
-    with pytest.raises(CatalogError, match="transition 1"):
+    path.write_text(lifecycle.replace('dest = "b"', 'dest = "z"'))
+    with pytest.raises(CatalogError, match="transition #1"):
+        render_diagram(path)
+    path.write_text(lifecycle.replace('source = ["a", "f"]', 'source = ["a"]'))
+    with pytest.raises(CatalogError, match="without a 'rollback' edge to 'r': f"):
         render_diagram(path)
     path.write_text("initial = ")
     with pytest.raises(CatalogError):
         render_diagram(path)
-    with pytest.raises(CatalogError, match="cannot read"):
+    with pytest.raises(CatalogError, match="cannot load the pair lifecycle"):
         render_diagram(tmp_path / "missing.toml")
 
 

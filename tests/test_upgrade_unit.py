@@ -21,9 +21,9 @@ from scmflow.inventory import HostInventory, InstalledService, Node
 from scmflow.journal import Journal, find_secret_key, read_journal
 from scmflow.plan import make_plan
 from scmflow.release import load_release
-from scmflow.remote import CommandResult
 from scmflow.report import CollectingReporter
 from scmflow.runstate import HostEntry, Progress, open_run
+from scmflow.session.base import CommandResult
 from scmflow.upgrade import CheckedCluster, Target, build_header, check_cluster, make_layout
 
 CATALOG = load_catalog()

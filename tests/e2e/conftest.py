@@ -19,6 +19,15 @@ from tests.e2e.sandbox_cluster import STANDARD_PORTS, Scenario, standard_topolog
 from tests.hosts import TestCluster, missing_prerequisite, start_cluster  # noqa: E402
 
 ClusterFactory = Callable[[int], TestCluster]
+_E2E_DIR = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e/ is e2e, marked or not; `-m "not e2e"` is the unit suite."""
+    for item in items:
+        if _E2E_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def _require_test_hosts(reason: str | None) -> None:
@@ -69,8 +78,7 @@ def standard_scenario(
     s = Scenario(cluster=cluster2, releases=releases, work=tmp_path)
     cluster2.home(s.home)
     s.cleanup()
-    for host in cluster2.hosts:
-        s.install(host, "3.1.2", standard_topology(STANDARD_PORTS))
+    s.install_all("3.1.2", standard_topology(STANDARD_PORTS))
     s.config()
     try:
         yield s

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,24 +79,52 @@ class Scenario:
 
         The tree belongs to scmadmin:scmadmin_group; customer jars get customers' modes.
         """
-        target = outer_install(host)
-        sandbox.install(
-            self.releases[version],
-            target,
-            topology,
-            owner=install_owner(),
-            customer_jars=customer_jars,
-        )
-        if customer_jars:
-            for rel, mode in CUSTOMER_MODES.items():
-                (target / CONTENT / rel).chmod(mode)
-        sandbox.start_topology(
-            INSIDE_INSTALL,
-            topology,
-            java_home=INSIDE_JAVA,
-            run=host_run(host),
-        )
-        self.topologies[host.name] = topology
+        self.install_all(version, [topology], hosts=[host], customer_jars=customer_jars)
+
+    def install_all(
+        self,
+        version: str,
+        topologies: Topology | Sequence[Topology],
+        *,
+        hosts: Sequence[TestHost] | None = None,
+        customer_jars: bool | Sequence[bool] = False,
+    ) -> None:
+        """`install` on each of `hosts` (default: every host of the cluster), the hosts' nodes
+        started at the same time, each host's in service order as `install` starts them.
+
+        `topologies` and `customer_jars` are one for every host or one per host.
+        """
+        targets = list(self.cluster.hosts if hosts is None else hosts)
+        per_host = [topologies] * len(targets) if isinstance(topologies, Topology) else list(topologies)
+        jars = [customer_jars] * len(targets) if isinstance(customer_jars, bool) else list(customer_jars)
+        if not len(per_host) == len(jars) == len(targets):
+            raise ValueError("give one topology and one customer_jars per host, or one for all")
+        for host, topology, with_jars in zip(targets, per_host, jars, strict=True):
+            target = outer_install(host)
+            sandbox.install(
+                self.releases[version],
+                target,
+                topology,
+                owner=install_owner(),
+                customer_jars=with_jars,
+            )
+            if with_jars:
+                for rel, mode in CUSTOMER_MODES.items():
+                    (target / CONTENT / rel).chmod(mode)
+
+        def start(host: TestHost, topology: Topology) -> None:
+            sandbox.start_topology(INSIDE_INSTALL, topology, java_home=INSIDE_JAVA, run=host_run(host))
+
+        if len(targets) == 1:
+            start(targets[0], per_host[0])
+        else:
+            # each host's starts wait on subprocesses: starting the hosts side by side uses
+            # both cores and changes nothing a host sees
+            with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+                for future in [pool.submit(start, h, t) for h, t in zip(targets, per_host, strict=True)]:
+                    future.result()
+        for host, topology in zip(targets, per_host, strict=True):
+            self.topologies[host.name] = topology
 
     def config(
         self,

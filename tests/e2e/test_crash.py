@@ -68,8 +68,7 @@ def crash(cluster3: TestCluster, releases: dict[str, Path], tmp_path: Path) -> I
     cluster3.home(s.home)
     s.cleanup()
     try:
-        for host in cluster3.hosts:
-            s.install(host, "3.1.2", crash_topology())
+        s.install_all("3.1.2", crash_topology())
         s.config()
         yield s
     finally:
@@ -245,8 +244,7 @@ def resume_args(s: Scenario, status: Path) -> list[str]:
 def reinstall(s: Scenario) -> None:
     """Back to the freshly installed 3.1.2 hosts (cheaper than a rollback between kills)."""
     s.cleanup()
-    for host in s.cluster.hosts:
-        s.install(host, "3.1.2", crash_topology())
+    s.install_all("3.1.2", crash_topology())
 
 
 def pair_states(status: Path) -> dict[tuple[str, str], str]:

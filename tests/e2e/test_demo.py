@@ -1,6 +1,7 @@
 """`scm.py demo` as a fresh operator runs it: a non-root user, no SSH server, no cluster.
 
-Not marked e2e (it needs no sshd), but it needs root to create and become that user.
+End-to-end (as everything under tests/e2e/) though it needs no sshd: it needs root to create
+and become that user.
 Each run gets a fresh HOME and TMPDIR; afterwards the user must own no process and no file.
 """
 

@@ -16,8 +16,11 @@ from scmflow.distribute import distribute
 from scmflow.errors import RemoteError
 from scmflow.plan import Pair
 from scmflow.release import Release, load_release
-from scmflow.remote import LocalSession, Session, SSHOptions, SSHTarget, Upload, connect_all
 from scmflow.sandbox import NodeSpec, Topology
+from scmflow.session.base import Session, Upload
+from scmflow.session.local import LocalSession
+from scmflow.session.ssh import connect_all
+from scmflow.session.targets import SSHOptions, SSHTarget
 from tests.e2e.sandbox_cluster import Scenario
 from tests.hosts import TestCluster, TestHost
 
@@ -139,8 +142,7 @@ def lean(cluster3: TestCluster, releases: dict[str, Path], tmp_path: Path) -> It
     cluster3.home(s.home)
     s.cleanup()
     try:
-        for host in cluster3.hosts:
-            s.install(host, "3.1.2", _lean_topology())
+        s.install_all("3.1.2", _lean_topology())
         s.config()
         yield s
     finally:

@@ -23,8 +23,8 @@ import pytest
 
 from scmflow.errors import JournalError
 from scmflow.journal import read_journal, replay
-from scmflow.remote import SSHOptions
 from scmflow.sandbox import NodeSpec, Topology
+from scmflow.session.targets import SSHOptions
 from tests.e2e.sandbox_cluster import REPO, SCM, Scenario
 from tests.hosts import TestCluster, TestHost
 
@@ -52,8 +52,7 @@ def scenario(cluster3: TestCluster, releases: dict[str, Path], tmp_path: Path) -
     cluster3.home(s.home)
     s.cleanup()
     try:
-        for host in cluster3.hosts:
-            s.install(host, "3.1.2", fault_topology())
+        s.install_all("3.1.2", fault_topology())
         s.config()
         yield s
     finally:

@@ -156,8 +156,7 @@ def journey(
     s.cleanup()
     j = Journey(scenario=s)
     try:
-        for host, topology in zip(cluster2.hosts, topologies(), strict=True):
-            s.install(host, OLD, topology, customer_jars=True)
+        s.install_all(OLD, topologies(), customer_jars=True)
         s.config(install_group=INSTALL_GROUP)
         j.health_before = all_health(s)
         j.digest_before = digests(s)

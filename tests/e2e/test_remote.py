@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from scmflow.errors import HostKeyError, RemoteError, RemoteTimeout, ScmflowError
-from scmflow.remote import SSHOptions, SSHSession, SSHTarget, StreamEnded, connect_all
+from scmflow.session.base import StreamEnded
+from scmflow.session.ssh import SSHSession, connect_all
+from scmflow.session.targets import SSHOptions, SSHTarget
 from tests.hosts import TestCluster, TestHost
 
 pytestmark = pytest.mark.e2e

@@ -67,8 +67,8 @@ def small_topology() -> Topology:
 
 
 def _install_all(s: Scenario, topology_of: dict[int, Topology]) -> None:
-    for index, host in enumerate(s.cluster.hosts):
-        s.install(host, "3.1.2", topology_of[index], customer_jars=(index == 0))
+    indexes = range(len(s.cluster.hosts))
+    s.install_all("3.1.2", [topology_of[i] for i in indexes], customer_jars=[i == 0 for i in indexes])
     s.config()
 
 
@@ -287,7 +287,7 @@ def test_partial_rollbacks_restore_exactly_the_selected_pairs(small: Scenario) -
 
     # a service without a record: warned, nothing to do
     done = rollback_ok(s, status, "--service", "mq-server")
-    assert "[WARN ] The following specified service have no upgrade record:[mq-server]" in done.stdout
+    assert "[WARN ] The following specified service have no upgrade record:[MQ_SERVER]" in done.stdout
     assert "[INFO ] No service need to rollback" in done.stdout
     assert s.digests() == partial
 

@@ -52,8 +52,7 @@ def scenario(cluster3: TestCluster, releases: dict[str, Path], tmp_path: Path) -
     shutil.copyfile(cluster3.known_hosts, ssh_dir / "known_hosts")
     s.cleanup()
     try:
-        for host in cluster3.hosts:
-            s.install(host, "3.1.2", secrets_topology())
+        s.install_all("3.1.2", secrets_topology())
         yield s
     finally:
         s.cleanup()

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from scmflow.errors import HostKeyError, RemoteError, RemoteTimeout
-from scmflow.remote import SSHOptions, SSHSession, SSHTarget, connect_all
 from scmflow.sandbox import NodeSpec, Topology
+from scmflow.session.ssh import SSHSession, connect_all
+from scmflow.session.targets import SSHOptions, SSHTarget
 from scmflow.sshconfig import load_client_config, resolve_target
 from tests.e2e.conftest import ClusterFactory
 from tests.e2e.sandbox_cluster import Scenario

@@ -137,8 +137,7 @@ def history(
     files: dict[str, Path] = {}
     began = time.time()
     try:
-        for host in cluster3.hosts:
-            s.install(host, "3.1.2", small_topology())
+        s.install_all("3.1.2", small_topology())
         s.config(password=PASSWORD)
 
         # a clean upgrade, then part of it rolled back, then all of it: one file, three moments

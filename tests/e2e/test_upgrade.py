@@ -30,14 +30,16 @@ def scenario(cluster3: TestCluster, releases: dict[str, Path], tmp_path: Path) -
     cluster3.home(s.home)
     s.cleanup()
     try:
-        for index, host in enumerate(cluster3.hosts):
+        topologies = []
+        for index in range(len(cluster3.hosts)):
             topology = standard_topology(STANDARD_PORTS)
             if index == 2:
                 topology = Topology(
                     services=tuple(x for x in topology.services if x != "om-server"),
                     nodes=tuple(n for n in topology.nodes if n.service != "om-server"),
                 )
-            s.install(host, "3.1.2", topology, customer_jars=(index == 0))
+            topologies.append(topology)
+        s.install_all("3.1.2", topologies, customer_jars=[i == 0 for i in range(len(topologies))])
         s.config()
         yield s
     finally:
