@@ -827,6 +827,14 @@ def node_problem(ctx: Ctx, port: int, running: Dict[int, int], version: Optional
     return None
 
 
+def wrong_version(port: int, version: Optional[str]) -> bool:
+    """Whether the node on `port` answers UP with a version other than `version`."""
+    if version is None:
+        return False
+    status, reported = node_health(port)
+    return status is not None and status.upper() == "UP" and reported is not None and reported != version
+
+
 def health_problems(
     ctx: Ctx, version: Optional[str], ports: List[int], daemon: bool, wait: float
 ) -> Tuple[List[str], Dict[str, Any]]:
@@ -838,6 +846,8 @@ def health_problems(
     state: Dict[str, Any] = {"version": found}
 
     healthy: Dict[str, float] = {}
+    # A node that answers with another version will not change its mind: no use waiting.
+    final: List[bool] = []
 
     def node_problems() -> List[str]:
         out: List[str] = []
@@ -848,6 +858,8 @@ def health_problems(
                 problem = node_problem(ctx, port, running, version)
                 if problem:
                     out.append(problem)
+                    if wrong_version(port, version):
+                        final.append(True)
                 elif str(port) not in healthy:
                     healthy[str(port)] = seconds_since_start(running[port])
         if daemon:
@@ -860,9 +872,10 @@ def health_problems(
 
     def settled() -> bool:
         nodes[:] = node_problems()
-        return not nodes
+        return not nodes or bool(final)
 
-    wait_for(settled, wait)
+    # with the wrong files on disk no node can come up right: say so at once
+    wait_for(settled, 0.0 if problems else wait)
     if ports:
         # how long each node took from its process start to its first healthy answer
         state["healthy_after_s"] = healthy

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scmflow import sandbox
+from scmflow.journal import read_journal, replay
 from scmflow.sandbox import NodeSpec, Topology
 from tests.hosts import INSTALL_GROUP, INSTALL_USER, TestCluster, TestHost
 
@@ -138,9 +139,7 @@ class Scenario:
 
         `install_group` adds the InstallUserGroup column real configs carry.
         """
-        rows = "\n".join(
-            f"{h.address}, 22, {user}, {password}, /opt/java" for h in self.cluster.hosts
-        )
+        rows = "\n".join(f"{h.address}, 22, {user}, {password}, /opt/java" for h in self.cluster.hosts)
         service_line = f"service={services}" if services else "#service="
         install = "InstallPath, InstallUser\n/opt, scmadmin"
         if install_group:
@@ -276,3 +275,70 @@ def standard_topology(ports: Sequence[int], *, stopped_gateway: bool = True) -> 
 
 
 STANDARD_PORTS = (8810, 8830, 8080, 8081, 8870, 8840, 8860, 15000, 9980)
+
+
+# --- the operator's command lines, shared by the end-to-end tests ---------------------------
+
+
+def small_topology() -> Topology:
+    """A lean host: service-center, two gateways (8081 stopped), content-server, daemon."""
+    return Topology(
+        services=("service-center", "gateway", "content-server", "daemon"),
+        nodes=(
+            NodeSpec("service-center", 8810),
+            NodeSpec("gateway", 8080),
+            NodeSpec("gateway", 8081, running=False),
+            NodeSpec("content-server", 15000),
+            NodeSpec("daemon", None),
+        ),
+    )
+
+
+def rollback_args(s: Scenario, status: Path, *extra: str) -> list[str]:
+    """`cluster --rollback` arguments for one status file."""
+    return [
+        "cluster",
+        "--rollback",
+        "--upgrade-status-path",
+        str(status),
+        "--status-dir",
+        str(s.status_dir),
+        *extra,
+    ]
+
+
+def resume_args(s: Scenario, status: Path, *extra: str) -> list[str]:
+    """`cluster --upgrade` arguments that continue the run a status file records."""
+    return [
+        "cluster",
+        "--upgrade",
+        "--upgrade-status-path",
+        str(status),
+        "--status-dir",
+        str(s.status_dir),
+        *extra,
+    ]
+
+
+def spawn(s: Scenario, args: list[str]) -> subprocess.Popen[str]:
+    """Start `scm.py` in the background, as Scenario.scm runs it."""
+    env = {
+        "HOME": str(s.home),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(SCM), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=s.work,
+    )
+
+
+def pair_states(status: Path) -> dict[tuple[str, str], str]:
+    """Each pair's replayed state."""
+    return {key: r.state for key, r in replay(read_journal(status)).items()}

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,15 +31,17 @@ import pytest
 from scmflow import sandbox
 from scmflow.errors import JournalError
 from scmflow.journal import read_journal, replay
-from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import (
     INSIDE_INSTALL,
     INSIDE_JAVA,
-    REPO,
-    SCM,
     Scenario,
     host_run,
     outer_install,
+    pair_states,
+    resume_args,
+    rollback_args,
+    small_topology,
+    spawn,
 )
 from tests.hosts import TestCluster, TestHost
 
@@ -60,20 +61,6 @@ ROLLBACK_HINT = (
 # -- helpers (copied from test_rollback.py, some adapted) -------------------------------------
 
 
-def small_topology() -> Topology:
-    """A lean host: service-center, two gateways (8081 stopped), content-server, daemon."""
-    return Topology(
-        services=("service-center", "gateway", "content-server", "daemon"),
-        nodes=(
-            NodeSpec("service-center", 8810),
-            NodeSpec("gateway", 8080),
-            NodeSpec("gateway", 8081, running=False),
-            NodeSpec("content-server", 15000),
-            NodeSpec("daemon", None),
-        ),
-    )
-
-
 def fresh_scenario(cluster: TestCluster, releases: dict[str, Path], work: Path) -> Scenario:
     """Both hosts emptied, then 3.1.2 with the small topology installed and running."""
     s = Scenario(cluster=cluster, releases=releases, work=work)
@@ -83,51 +70,6 @@ def fresh_scenario(cluster: TestCluster, releases: dict[str, Path], work: Path) 
         s.install(host, "3.1.2", small_topology())
     s.config()
     return s
-
-
-def rollback_args(s: Scenario, status: Path, *extra: str) -> list[str]:
-    """`cluster --rollback` arguments for one status file."""
-    return [
-        "cluster",
-        "--rollback",
-        "--upgrade-status-path",
-        str(status),
-        "--status-dir",
-        str(s.status_dir),
-        *extra,
-    ]
-
-
-def resume_args(s: Scenario, status: Path, *extra: str) -> list[str]:
-    """`cluster --upgrade` arguments that continue the run a status file records."""
-    return [
-        "cluster",
-        "--upgrade",
-        "--upgrade-status-path",
-        str(status),
-        "--status-dir",
-        str(s.status_dir),
-        *extra,
-    ]
-
-
-def spawn(s: Scenario, args: list[str]) -> subprocess.Popen[str]:
-    """Start `scm.py` in the background, as Scenario.scm runs it."""
-    env = {
-        "HOME": str(s.home),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": str(REPO),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(SCM), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=s.work,
-    )
 
 
 def wait_for_new_record(
@@ -145,11 +87,6 @@ def wait_for_new_record(
                 return path
         time.sleep(0.05)
     raise AssertionError("no new status file recorded the awaited event")
-
-
-def pair_states(status: Path) -> dict[tuple[str, str], str]:
-    """Each pair's replayed state."""
-    return {key: r.state for key, r in replay(read_journal(status)).items()}
 
 
 def run_results(status: Path) -> list[tuple[str, str]]:

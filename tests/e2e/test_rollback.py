@@ -7,10 +7,8 @@ upgrade forward to the very result of an uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +18,18 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal, replay
-from scmflow.sandbox import NodeSpec, Topology
+from scmflow.journal import read_journal
+from scmflow.sandbox import Topology
 from scmflow.statusview import INTERRUPTED, list_status_files
 from tests.e2e.sandbox_cluster import (
-    REPO,
-    SCM,
     STANDARD_PORTS,
     Scenario,
     outer_install,
+    pair_states,
+    resume_args,
+    rollback_args,
+    small_topology,
+    spawn,
     standard_topology,
 )
 from tests.hosts import TestCluster, TestHost
@@ -50,20 +51,6 @@ GATEWAY_JAR = "sequoiacm-cloud/jars/sequoiacm-cloud-gateway-*.jar"
 CONTENT_JAR = "sequoiacm-content/lib/sequoiacm-content-server-*.jar"
 SC_JAR = "sequoiacm-cloud/jars/sequoiacm-cloud-servicecenter-*.jar"
 TOOLS_JAR = "sequoiacm-cloud/jars/sequoiacm-cloud-tools-*.jar"
-
-
-def small_topology() -> Topology:
-    """A lean host: service-center, two gateways (8081 stopped), content-server, daemon."""
-    return Topology(
-        services=("service-center", "gateway", "content-server", "daemon"),
-        nodes=(
-            NodeSpec("service-center", 8810),
-            NodeSpec("gateway", 8080),
-            NodeSpec("gateway", 8081, running=False),
-            NodeSpec("content-server", 15000),
-            NodeSpec("daemon", None),
-        ),
-    )
 
 
 def _install_all(s: Scenario, topology_of: dict[int, Topology]) -> None:
@@ -91,51 +78,6 @@ def small(bare: Scenario) -> Scenario:
     return bare
 
 
-def rollback_args(s: Scenario, status: Path, *extra: str) -> list[str]:
-    """`cluster --rollback` arguments for one status file."""
-    return [
-        "cluster",
-        "--rollback",
-        "--upgrade-status-path",
-        str(status),
-        "--status-dir",
-        str(s.status_dir),
-        *extra,
-    ]
-
-
-def resume_args(s: Scenario, status: Path, *extra: str) -> list[str]:
-    """`cluster --upgrade` arguments that continue the run a status file records."""
-    return [
-        "cluster",
-        "--upgrade",
-        "--upgrade-status-path",
-        str(status),
-        "--status-dir",
-        str(s.status_dir),
-        *extra,
-    ]
-
-
-def spawn(s: Scenario, args: list[str]) -> subprocess.Popen[str]:
-    """Start `scm.py` in the background, as Scenario.scm runs it."""
-    env = {
-        "HOME": str(s.home),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": str(REPO),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(SCM), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=s.work,
-    )
-
-
 def wait_for_record(s: Scenario, predicate: Callable[[dict[str, Any]], bool], timeout: float = 120.0) -> Path:
     """Poll the scenario's status file until one of its records satisfies `predicate`."""
     deadline = time.monotonic() + timeout
@@ -149,11 +91,6 @@ def wait_for_record(s: Scenario, predicate: Callable[[dict[str, Any]], bool], ti
                 return path
         time.sleep(0.05)
     raise AssertionError("the status file never recorded the awaited event")
-
-
-def pair_states(status: Path) -> dict[tuple[str, str], str]:
-    """Each pair's replayed state."""
-    return {key: r.state for key, r in replay(read_journal(status)).items()}
 
 
 def info_lines(text: str) -> list[str]:
@@ -398,9 +335,7 @@ def test_ctrl_c_stops_cleanly_and_rollback_restores(small: Scenario) -> None:
     before, running = s.digests(), s.running()
     proc = spawn(s, s.upgrade_args("3.2.2", "--unattended"))
     try:
-        wait_for_record(
-            s, lambda r: r.get("kind") == "transition" and r.get("dst") == "verified"
-        )
+        wait_for_record(s, lambda r: r.get("kind") == "transition" and r.get("dst") == "verified")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
     finally:

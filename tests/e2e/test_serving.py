@@ -26,9 +26,14 @@ from typing import Any
 import pytest
 
 from scmflow import sandbox
-from scmflow.journal import read_journal, replay
+from scmflow.journal import read_journal
 from scmflow.sandbox import NodeSpec, Topology
-from tests.e2e.sandbox_cluster import Scenario, outer_install
+from tests.e2e.sandbox_cluster import (
+    Scenario,
+    outer_install,
+    pair_states,
+    resume_args,
+)
 from tests.hosts import TestCluster, TestHost
 
 pytestmark = pytest.mark.e2e
@@ -51,24 +56,6 @@ def lean_topology(*, content: bool) -> Topology:
     if content:
         nodes.append(NodeSpec("content-server", CONTENT_PORT))
     return Topology(services=services, nodes=tuple(nodes))
-
-
-def resume_args(s: Scenario, status: Path, *extra: str) -> list[str]:
-    """`cluster --upgrade` arguments that continue the run a status file records."""
-    return [
-        "cluster",
-        "--upgrade",
-        "--upgrade-status-path",
-        str(status),
-        "--status-dir",
-        str(s.status_dir),
-        *extra,
-    ]
-
-
-def pair_states(status: Path) -> dict[tuple[str, str], str]:
-    """Each pair's replayed state."""
-    return {key: r.state for key, r in replay(read_journal(status)).items()}
 
 
 def verified_count(status: Path) -> int:

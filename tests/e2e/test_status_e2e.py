@@ -453,7 +453,7 @@ def test_killed_run_and_a_torn_copy_are_rendered_with_the_tear_reported(
     assert exported["outcome"] == "interrupted"
     listed = status(history, "list", "--status-dir", str(tmp_path))
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines()[0].endswith("(last record torn)")
+    assert listed.stdout.splitlines()[0].endswith("last record torn)")
 
 
 # --- export ---------------------------------------------------------------------------
