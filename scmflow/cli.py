@@ -26,15 +26,11 @@ import click
 from scmflow import __version__
 from scmflow.availability import MaxUnavailable, parse_max_unavailable
 from scmflow.catalog import load_catalog
-from scmflow.errors import ScmflowError, UsageError
+from scmflow.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, ScmflowError, UsageError
 from scmflow.statuskey import StatusKey, key_path, load_key
 
 LOG = logging.getLogger("scmflow")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_REFUSED = 2
-EXIT_INTERRUPTED = 130
 # The one table of exit codes: `cluster --help` prints it and the README repeats it (a test
 # compares the two).
 EXIT_CODES: tuple[tuple[int, str], ...] = (

@@ -26,7 +26,7 @@ from typing import Protocol
 from scmflow import sandbox
 from scmflow.catalog import Catalog, load_catalog, parse_version
 from scmflow.compatibility import load_compatibility
-from scmflow.errors import Interrupted, ScmflowError, UsageError
+from scmflow.errors import EXIT_FAILED, EXIT_OK, Interrupted, ScmflowError, UsageError
 from scmflow.journal import read_journal
 from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
@@ -56,8 +56,6 @@ HOST = "localhost"
 # A small but telling host: cloud services, a stopped gateway node, customer jars, the daemon.
 DEMO_SERVICES = ("service-center", "config-server", "gateway", "content-server", "daemon")
 START_TIMEOUT = 30
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 class DemoPrinter(Reporter, Protocol):

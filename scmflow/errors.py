@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+# The exit codes (cli.EXIT_CODES says what each means to the operator).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130
+
 
 class ScmflowError(Exception):
     """An operator-facing failure: one line of text and an exit code."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,13 +25,13 @@ class ScmflowError(Exception):
 class UsageError(ScmflowError):
     """Bad options or option combinations."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class ConfigError(ScmflowError):
     """A malformed upgrade.cfg; the message names file, line and field."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
     def __init__(
         self, message: str, *, path: str = "", line: int | None = None, field: str = ""
@@ -44,13 +50,13 @@ class ConfigError(ScmflowError):
 class CatalogError(ScmflowError):
     """A broken declarative file under states/."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class ReleaseError(ScmflowError):
     """The unpacked release directory is missing pieces or holds unsafe tarballs."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class RemoteError(ScmflowError):
@@ -85,13 +91,13 @@ class RemoteTimeout(RemoteError):
 class PlanError(ScmflowError):
     """The requested upgrade cannot be planned (forbidden path, unknown host, ...)."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class JournalError(ScmflowError):
     """A status file that cannot be read, is of an unknown format, or is tampered with."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class UntrustedStatusFile(JournalError):
@@ -101,22 +107,22 @@ class UntrustedStatusFile(JournalError):
 class StatusKeyError(ScmflowError):
     """The status key file cannot be read, created or trusted."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class ConnectError(ScmflowError):
     """A host cannot be reached, trusted or logged in to; nothing was done on any host."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class LockError(ScmflowError):
     """Another run holds the lock; the run is refused before any host changed."""
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
 
 class Interrupted(ScmflowError):
     """The operator interrupted the run (Ctrl-C)."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED

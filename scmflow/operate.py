@@ -30,7 +30,7 @@ from scmflow.config import (
     select_hosts,
     select_services,
 )
-from scmflow.errors import ConfigError, ScmflowError, UntrustedStatusFile, UsageError
+from scmflow.errors import EXIT_OK, ConfigError, ScmflowError, UntrustedStatusFile, UsageError
 from scmflow.header import check_run_header
 from scmflow.hooks import dry_run_hook_lines
 from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal, replay
@@ -78,8 +78,6 @@ from scmflow.upgrade import (
 if TYPE_CHECKING:
     from scmflow.cli import ClusterOptions, Printer
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 # (port, user, password) of a host; a None port leaves it to ~/.ssh/config.
 Endpoint = tuple[int | None, str, str | None]
 ROLLBACK_HINT = (
