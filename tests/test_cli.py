@@ -463,3 +463,26 @@ def test_the_guides_run_scmflow_not_the_release_s_own_scm_py() -> None:
             if "cluster --upgrade --" in line and "--upgrade-status-path" not in line
         ]
         assert all("--release-dir" in line for line in upgrades), upgrades
+
+
+def test_ctrl_c_before_a_run_is_exit_130_and_end_of_input_at_a_prompt_is_a_refusal(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scmflow import operate
+
+    def interrupted(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(operate, "run_cluster", interrupted)
+    (workdir / "u.cfg").write_text("")
+    result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
+    assert result.exit_code == 130, result.output
+    assert error_lines(result) == ["[ERROR] interrupted"]
+
+    def no_answer(*args: object, **kwargs: object) -> int:
+        raise EOFError
+
+    monkeypatch.setattr(operate, "run_cluster", no_answer)
+    result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
+    assert result.exit_code == 2, result.output
+    assert error_lines(result) == ["[ERROR] no answer: the input ended at a prompt; nothing was changed"]
