@@ -342,3 +342,20 @@ def spawn(s: Scenario, args: list[str]) -> subprocess.Popen[str]:
 def pair_states(status: Path) -> dict[tuple[str, str], str]:
     """Each pair's replayed state."""
     return {key: r.state for key, r in replay(read_journal(status)).items()}
+
+
+def header_fields(text: str) -> dict[str, str]:
+    """The labelled summary of `status show`, continuation lines joined with a space."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  Run "))
+    fields: dict[str, str] = {}
+    label = ""
+    for line in lines[start:]:
+        if not line:
+            break
+        if line.startswith(" " * 12):
+            fields[label] += " " + line.strip()
+        else:
+            label, value = line[:12].strip(), line[12:].strip()
+            fields[label] = value
+    return fields

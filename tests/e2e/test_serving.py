@@ -30,6 +30,7 @@ from scmflow.journal import read_journal
 from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import (
     Scenario,
+    header_fields,
     outer_install,
     pair_states,
     resume_args,
@@ -94,23 +95,6 @@ def new_status(s: Scenario, before: set[Path]) -> Path:
     """The one status file written since `before`."""
     (status,) = set(s.status_files()) - before
     return status
-
-
-def header_fields(text: str) -> dict[str, str]:
-    """The labelled summary of `status show`, continuation lines joined with a space."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("  Run "))
-    fields: dict[str, str] = {}
-    label = ""
-    for line in lines[start:]:
-        if not line:
-            break
-        if line.startswith(" " * 12):
-            fields[label] += " " + line.strip()
-        else:
-            label, value = line[:12].strip(), line[12:].strip()
-            fields[label] = value
-    return fields
 
 
 def outcome(s: Scenario, status: Path) -> str:

@@ -31,7 +31,12 @@ from scmflow import __version__, sandbox
 from scmflow.errors import JournalError
 from scmflow.journal import FILE_PREFIX, NAME_TIME_FORMAT, _encode, read_journal, replay
 from scmflow.sandbox import NodeSpec, Topology
-from tests.e2e.sandbox_cluster import SCM, Scenario, outer_install
+from tests.e2e.sandbox_cluster import (
+    SCM,
+    Scenario,
+    header_fields,
+    outer_install,
+)
 from tests.e2e.test_rollback import rollback_args, spawn
 from tests.hosts import TestCluster
 
@@ -199,23 +204,6 @@ def show(h: History, path: Path, *extra: str) -> str:
     too_wide = [line for line in done.stdout.splitlines() if len(line) > WIDTH]
     assert not too_wide, too_wide
     return done.stdout
-
-
-def header_fields(text: str) -> dict[str, str]:
-    """The labelled summary of `status show`, continuation lines joined with a space."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("  Run "))
-    fields: dict[str, str] = {}
-    label = ""
-    for line in lines[start:]:
-        if not line:
-            break
-        if line.startswith(" " * 12):
-            fields[label] += " " + line.strip()
-        else:
-            label, value = line[:12].strip(), line[12:].strip()
-            fields[label] = value
-    return fields
 
 
 def table_rows(text: str) -> list[list[str]]:
