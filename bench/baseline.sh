@@ -35,11 +35,12 @@ for host in "${hosts[@]}"; do
     ssh "${ssh_opts[@]}" -o ControlMaster=yes -o ControlPersist=yes -fN "$login@$host"
 done
 
-# Run a shell command on a host as the install user.
+# Run a shell command on a host as the install user, with the JDK's bin first on PATH as the
+# vendor's upgrader sets it (the ctl starts nodes with the first `java` on PATH).
 as_owner() {
     local host=$1 command=$2
     ssh "${ssh_opts[@]}" "$login@$host" \
-        "sudo -u $owner -H env JAVA_HOME=/opt/java sh -c $(printf '%q' "$command")"
+        "sudo -u $owner -H env JAVA_HOME=/opt/java PATH=/opt/java/bin:/usr/bin:/bin sh -c $(printf '%q' "$command")"
 }
 
 send_packages() {

@@ -1,17 +1,23 @@
 """scmflow against plain OpenSSH on real sshd test hosts; prints one `name: ratio` line per figure.
 
-    sudo .venv/bin/python bench/run.py [--hosts 8] [--memory-hosts 32] [--pad-mb 200] [--repeat 3]
+    sudo .venv/bin/python bench/run.py [--hosts 8] [--scale-hosts 32] [--pad-mb 200] [--repeat 3]
 
 Needs root (tests/hosts.py gives each host its own network and mount namespace and sshd),
 OpenSSH's ssh, scp and sshd, and the dev virtualenv. Figures, each scmflow / the baseline:
 
   send_1_host       distribute() of a --pad-mb release to one host / one `scp` of the same files
   send_H_hosts      the same to all H hosts / H `scp` at once
-  upgrade_p1        `scm.py cluster --upgrade --unattended --parallel 1`, H hosts x all services
-                    / bench/baseline.sh (the same remote steps over ssh, one at a time)
-  upgrade_pH        the same with `--parallel H` / the baseline one at a time
+  upgrade_H_p1      `scm.py cluster --upgrade --unattended --allow-outage --parallel 1`, H hosts x
+                    all services / bench/baseline.sh (the same remote steps over ssh, one at a time)
+  upgrade_H_all     the same, all H hosts of a stage at once, against the baseline H at a time
+  upgrade_S_all     the same with S hosts, all at once
+  upgrade_S_p8      S hosts, 8 at a time on both sides
   check_H_vs_1      `--dry-run` (connect, check, plan) of H hosts / of one host
-  memory_M_vs_H     peak RSS of the scm.py process upgrading M hosts / H hosts (lean install)
+  memory_S_vs_H     peak RSS of the scm.py process upgrading S hosts / H hosts, all at once
+
+Each upgrade figure is followed (on stderr) by a breakdown of both sides' time: scm.py's CPU
+by thread and the host agents' CPU (bench/sampler.py), the rest of the hosts' CPU (sshd,
+sudo, ctl scripts, nodes), and how long the cores sat idle.
 
 Each line also gives the machine's CPU use, and for a figure the hosts' CPU may bound, the
 floor that CPU alone sets (machine CPU seconds / cores, over the baseline): no tool doing
@@ -49,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import acct  # noqa: E402
+from bench import acct, sampler  # noqa: E402
 from scmflow import sandbox  # noqa: E402
 from scmflow.actions import RemoteLayout  # noqa: E402
 from scmflow.catalog import Catalog, load_catalog  # noqa: E402
@@ -201,14 +207,6 @@ def full_topology(catalog: Catalog) -> Topology:
     return Topology(services=tuple(s.name for s in services), nodes=tuple(nodes))
 
 
-def lean_topology() -> Topology:
-    """Two services, three nodes: enough to exercise every step on many hosts."""
-    return Topology(
-        services=("service-center", "gateway", "daemon"),
-        nodes=(NodeSpec("service-center", 8810), NodeSpec("gateway", 8080), NodeSpec("daemon", None)),
-    )
-
-
 def use_stock_bashrc(cluster: TestCluster) -> None:
     """Give root logins on the hosts Debian's stock .bashrc (in their own mount namespaces)."""
     for host in cluster.hosts:
@@ -258,10 +256,12 @@ class Run:
     output: str
     machine_cpu: float = 0.0
     profile: acct.Profile | None = None
+    usage: sampler.Usage | None = None
 
 
 def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
-    """Run scm.py as Scenario.scm does, under /usr/bin/time (and accounting into `account`).
+    """Run scm.py as Scenario.scm does, under /usr/bin/time (and accounting into `account`),
+    sampling the CPU of its threads and of the host agents as it goes (bench/sampler.py).
 
     Not wait4() on a direct child: a child forked from this (large) process starts with our
     RSS as its high-water mark; /usr/bin/time forks scm.py from a small process.
@@ -269,19 +269,39 @@ def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Ru
     env = {"HOME": str(s.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
            "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:
-        usage = Path(tmp) / "usage"
-        argv = [TIME, "-f", "%M %U %S", "-o", str(usage), sys.executable, str(SCM), *args]
-        m = run_measured(
-            argv, account, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=s.work,
-        )
+        usage_file = Path(tmp) / "usage"
+        argv = [TIME, "-f", "%M %U %S", "-o", str(usage_file), sys.executable, str(SCM), *args]
+        with acct.accounting(account) if account is not None else nullcontext() as recorder:
+            busy = machine_cpu_seconds()
+            started = time.monotonic()
+            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=env, cwd=s.work) as proc:
+                with sampler.sampling(scm_pid(proc.pid)) as seen:
+                    out = proc.communicate()[0]
+            seconds = time.monotonic() - started
+            busy = machine_cpu_seconds() - busy
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
-        rss_kb, user, system = usage.read_text().split("\n")[-2].split()
-    output = m.done.stdout.decode(errors="replace")
+        rss_kb, user, system = usage_file.read_text().split("\n")[-2].split()
+    profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
     return Run(
-        m.seconds, float(user) + float(system), int(rss_kb) / 1024, m.done.returncode, output,
-        m.machine_cpu, m.profile,
+        seconds, float(user) + float(system), int(rss_kb) / 1024, proc.returncode,
+        out.decode(errors="replace"), busy, profile, seen.usage(),
     )
+
+
+def scm_pid(time_pid: int, wait: float = 5.0) -> int:
+    """The pid of the scm.py that /usr/bin/time `time_pid` started (once it has)."""
+    children = Path(f"/proc/{time_pid}/task/{time_pid}/children")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            listed = children.read_text().split()
+        except FileNotFoundError:
+            break
+        if listed:
+            return int(listed[0])
+        time.sleep(0.005)
+    return time_pid
 
 
 def scm_ok(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
@@ -435,36 +455,58 @@ def run_baseline(s: Scenario, plan: Path, parallel: int, account: Path | None = 
 
 @dataclass(frozen=True)
 class Timing:
-    """Medians over repeated runs of one thing, and the last run's profile."""
+    """Medians over repeated runs of one thing, and the last run's profile and CPU breakdown."""
 
     seconds: float
     cpu_seconds: float
     machine_cpu: float
     profile: acct.Profile | None = None
     connections: tuple[int, ...] = ()
+    max_rss_mb: float = 0.0
+    usage: sampler.Usage | None = None
+
+    def breakdown(self) -> str:
+        """Where the run's time went: scm.py's threads, the agents, the rest of the hosts, idle."""
+        cores = os.cpu_count() or 1
+        idle = max(self.seconds * cores - self.machine_cpu, 0.0)
+        parts = [f"wall {self.seconds:.1f} s"]
+        if self.usage is not None:
+            hosts = max(self.machine_cpu - self.usage.control - self.usage.agents, 0.0)
+            parts += [self.usage.line(), f"rest of the hosts (sshd, sudo, ctl, nodes) {hosts:.1f} s"]
+        else:
+            parts.append(f"machine CPU {self.machine_cpu:.1f} s")
+        parts.append(f"cores idle {idle:.1f} s ({idle / (self.seconds * cores):.0%})")
+        return "; ".join(parts)
 
 
 def medians(runs: Sequence[Run], connections: Sequence[int] = ()) -> Timing:
-    """Median wall, scm.py CPU and machine CPU of `runs`; the last one's profile."""
+    """Median wall, scm.py CPU and machine CPU of `runs`; the last one's profile, RSS and usage."""
     return Timing(
         statistics.median(r.seconds for r in runs),
         statistics.median(r.cpu_seconds for r in runs),
         statistics.median(r.machine_cpu for r in runs),
         runs[-1].profile,
         tuple(connections),
+        max(r.max_rss_mb for r in runs),
+        runs[-1].usage,
     )
 
 
 def time_upgrade(
     s: Scenario, topology: Topology, parallel: int, repeat: int, account: Path | None
 ) -> Timing:
-    """An unattended upgrade from a fresh 3.1.2 install; also SSH connections per host."""
+    """An unattended upgrade from a fresh 3.1.2 install; also SSH connections per host.
+
+    `--allow-outage`: the baseline takes `parallel` hosts of a stage at once whatever they
+    serve, and so does scmflow here (its availability guard would keep one node serving).
+    """
     runs = []
     connections: list[int] = []
     for _ in range(repeat):
         reinstall(s, topology)
         before = [h.accepted_connections() for h in s.cluster.hosts]
-        runs.append(scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)), account))
+        args = s.upgrade_args(NEW, "--unattended", "--allow-outage", "--parallel", str(parallel))
+        runs.append(scm_ok(s, args, account))
         connections = [h.accepted_connections() - b for h, b in zip(s.cluster.hosts, before, strict=True)]
         check_upgraded(s, topology)
     return medians(runs, connections)
@@ -482,23 +524,61 @@ def time_baseline(
     return medians(runs)
 
 
+@dataclass(frozen=True)
+class UpgradeCase:
+    """One upgrade figure: H hosts, scmflow and the baseline each `parallel` pairs at a time."""
+
+    hosts: int
+    parallel: int
+    target: float | None
+
+    @property
+    def name(self) -> str:
+        """`upgrade_8_p1`, `upgrade_32_all`."""
+        at_once = "all" if self.parallel >= self.hosts else f"p{self.parallel}"
+        return f"upgrade_{self.hosts}_{at_once}"
+
+
+def upgrade_cases(hosts: int, scale: int) -> list[UpgradeCase]:
+    """H hosts one at a time and all at once; S hosts all at once and 8 at a time."""
+    cases = [UpgradeCase(hosts, 1, 1.1), UpgradeCase(hosts, hosts, 1.1)]
+    if scale:
+        cases.append(UpgradeCase(scale, scale, 1.2))
+    if scale > 8:
+        cases.append(UpgradeCase(scale, 8, None))
+    return cases
+
+
+def measure_upgrade(
+    s: Scenario, case: UpgradeCase, topology: Topology, release: Release, repeat: int,
+    account: Path | None,
+) -> tuple[Figure, Timing]:
+    """scmflow and the baseline side by side for `case`; the figure and scmflow's timing."""
+    catalog = load_catalog()
+    plan = s.work / "baseline.plan"
+    plan.write_text(baseline_plan(s.cluster.hosts, topology, release, catalog))
+    theirs = time_baseline(s, topology, plan, case.parallel, repeat, account)
+    note_profile(f"baseline, {case.name}", theirs.profile)
+    ours = time_upgrade(s, topology, case.parallel, repeat, account)
+    note_profile(f"scmflow, {case.name}", ours.profile)
+    note(f"  breakdown of scmflow, {case.name}: {ours.breakdown()}")
+    note(f"  breakdown of the baseline, {case.name}: {theirs.breakdown()}")
+    figure = Figure(
+        case.name, ours.seconds, theirs.seconds,
+        (f"scmflow --parallel {case.parallel}", f"baseline {case.parallel} at a time"), case.target,
+        detail=f"scm.py's own CPU {ours.cpu_seconds:.2f} s, peak RSS {ours.max_rss_mb:.0f} MB; "
+               f"{cpu_note(ours.machine_cpu, ours.seconds)} vs "
+               f"{cpu_note(theirs.machine_cpu, theirs.seconds)}",
+    )
+    return figure, ours
+
+
 # --------------------------------------------------------------------------- 4: check + plan
 
 
 def time_check(s: Scenario, repeat: int, account: Path | None) -> Timing:
     """`--dry-run` (connect, check, plan, print)."""
     return medians([scm_ok(s, s.upgrade_args(NEW, "--dry-run"), account) for _ in range(repeat)])
-
-
-# --------------------------------------------------------------------------- 5: memory
-
-
-def peak_rss(s: Scenario, parallel: int) -> float:
-    """Peak RSS (MB) of scm.py upgrading the scenario's hosts from a fresh lean install."""
-    reinstall(s, lean_topology())
-    run = scm_ok(s, s.upgrade_args(NEW, "--unattended", "--parallel", str(parallel)))
-    check_upgraded(s, lean_topology())
-    return run.max_rss_mb
 
 
 # --------------------------------------------------------------------------- main
@@ -509,13 +589,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--hosts", type=int, default=8, help="H, the hosts of every figure but memory")
-    parser.add_argument("--memory-hosts", type=int, default=32, help="M, the larger memory run (0: skip)")
+    parser.add_argument("--hosts", type=int, default=8, help="H: the send, check and upgrade figures' hosts")
+    parser.add_argument("--scale-hosts", type=int, default=32, help="S: the scale figures' hosts (0: skip)")
     parser.add_argument("--pad-mb", type=int, default=200, help="size of the release sent by send_*")
     parser.add_argument("--repeat", type=int, default=3, help="runs per send and check figure")
     parser.add_argument("--upgrade-repeat", type=int, default=1, help="runs per upgrade figure")
     parser.add_argument("--keep-root-bashrc", action="store_true", help="log in with /root/.bashrc as it is")
-    parser.add_argument("--only", default="send,upgrade,check,memory", help="figures to measure")
+    parser.add_argument("--only", default="send,check,upgrade,scale", help="figures to measure")
     parser.add_argument("--profile", action="store_true",
                         help="print the CPU of every command that ended in each timed run (acct(2))")
     return parser.parse_args(argv)
@@ -541,9 +621,9 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
         add(Figure(f"send_{h}_hosts", ours, theirs, ("scmflow", f"{h} x scp"), 1.5))
     catalog = load_catalog()
     topology = full_topology(catalog)
-    full = scenario(subset(cluster, h), releases, work / "full")
     account = work / "acct" if args.profile else None
     if "check" in only:
+        full = scenario(subset(cluster, h), releases, work / "check")
         reinstall(full, topology)
         one = scenario(subset(cluster, 1), releases, work / "one")
         many = time_check(full, args.repeat, account)
@@ -555,41 +635,23 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
                           f"floor set by CPU {cpu_floor(many.machine_cpu) / single.seconds:.2f}"))
         note_profile(f"check, {h} hosts", many.profile)
         note_profile("check, 1 host", single.profile)
-    if "upgrade" in only:
-        release = load_release(releases.new, catalog, topology.services, work_dir=work / "new-nonservice")
-        plan = work / "baseline.plan"
-        plan.write_text(baseline_plan(hosts, topology, release, catalog))
-        base_1 = time_baseline(full, topology, plan, 1, args.upgrade_repeat, account)
-        ours_1 = time_upgrade(full, topology, 1, args.upgrade_repeat, account)
-        add(Figure("upgrade_p1", ours_1.seconds, base_1.seconds, ("scmflow --parallel 1", "baseline"), 1.3,
-                   detail=f"scm.py's own CPU {ours_1.cpu_seconds:.2f} s; "
-                          f"{cpu_note(ours_1.machine_cpu, ours_1.seconds)} vs "
-                          f"{cpu_note(base_1.machine_cpu, base_1.seconds)}"))
-        note_profile("scmflow --parallel 1", ours_1.profile)
-        note_profile("baseline one at a time", base_1.profile)
-        note(f"SSH connections per host during one upgrade run: {list(ours_1.connections)}")
-        ours_h = time_upgrade(full, topology, h, args.upgrade_repeat, account)
-        add(Figure(f"upgrade_p{h}", ours_h.seconds, base_1.seconds,
-                   (f"scmflow --parallel {h}", "baseline"), 0.35,
-                   detail=f"scm.py's own CPU {ours_h.cpu_seconds:.2f} s; "
-                          f"{cpu_note(ours_h.machine_cpu, ours_h.seconds)}; "
-                          f"floor set by CPU {cpu_floor(ours_h.machine_cpu) / base_1.seconds:.2f}"))
-        note_profile(f"scmflow --parallel {h}", ours_h.profile)
-        base_h = time_baseline(full, topology, plan, h, args.upgrade_repeat, account)
-        add(Figure(f"upgrade_p{h}_vs_baseline_p{h}", ours_h.seconds, base_h.seconds,
-                   (f"scmflow --parallel {h}", f"baseline {h} at a time"), None,
-                   detail=f"{cpu_note(ours_h.machine_cpu, ours_h.seconds)} vs "
-                          f"{cpu_note(base_h.machine_cpu, base_h.seconds)}"))
-        note_profile(f"baseline {h} at a time", base_h.profile)
-        # what running H pairs at once buys even a script with no overhead, on this machine
-        add(Figure(f"baseline_p{h}_vs_p1", base_h.seconds, base_1.seconds,
-                   (f"baseline {h} at a time", "one at a time"), None,
-                   detail=f"floor set by CPU {cpu_floor(base_h.machine_cpu) / base_1.seconds:.2f}"))
-    if "memory" in only and args.memory_hosts:
-        m = args.memory_hosts
-        small = peak_rss(scenario(subset(cluster, h), releases, work / "mem-small"), h)
-        large = peak_rss(scenario(subset(cluster, m), releases, work / "mem-large"), m)
-        add(Figure(f"memory_{m}_vs_{h}", large, small, (f"{m} hosts", f"{h} hosts"), m / h, unit="MB"))
+    cases = [c for c in upgrade_cases(h, args.scale_hosts)
+             if ("upgrade" in only and c.hosts == h) or ("scale" in only and c.hosts != h)]
+    if not cases:
+        return figures
+    release = load_release(releases.new, catalog, topology.services, work_dir=work / "new-nonservice")
+    all_at_once: dict[int, Timing] = {}
+    for case in cases:
+        s = scenario(subset(cluster, case.hosts), releases, work / case.name)
+        figure, timing = measure_upgrade(s, case, topology, release, args.upgrade_repeat, account)
+        add(figure)
+        if case.parallel >= case.hosts:
+            all_at_once[case.hosts] = timing
+    if len(all_at_once) == 2:
+        (small, small_run), (large, large_run) = sorted(all_at_once.items())
+        add(Figure(f"memory_{large}_vs_{small}", large_run.max_rss_mb, small_run.max_rss_mb,
+                   (f"{large} hosts", f"{small} hosts"), 1.5, unit="MB",
+                   detail="peak RSS of scm.py upgrading all hosts at once"))
     return figures
 
 
@@ -600,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"bench: test hosts cannot run here: {reason}", file=sys.stderr)
         return 2
-    count = max(args.hosts, args.memory_hosts if "memory" in args.only else 0)
+    count = max(args.hosts, args.scale_hosts if "scale" in args.only else 0)
     work = Path(tempfile.mkdtemp(prefix="scmflow-bench-"))
     work.chmod(0o755)
     note(f"starting {count} test hosts")
