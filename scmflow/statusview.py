@@ -16,24 +16,13 @@ from typing import Any
 
 import msgpack
 
+from scmflow.authenticity import AUTHENTIC, INVALID, NO_KEY, Authenticity
 from scmflow.errors import JournalError
 from scmflow.hooks import PHASES
-from scmflow.journal import (
-    AUTHENTIC,
-    FILE_PREFIX,
-    INVALID,
-    NAME_TIME_FORMAT,
-    NO_KEY,
-    Authenticity,
-    JournalContents,
-    PairReplay,
-    VerifyResult,
-    error_text,
-    format_time,
-    read_journal,
-    replay,
-)
+from scmflow.journalreader import JournalContents, VerifyResult, read_journal
 from scmflow.lifecycle import Lifecycle, load_lifecycle
+from scmflow.replay import PairReplay, error_text, replay
+from scmflow.statusformat import FILE_PREFIX, NAME_TIME_FORMAT, format_time
 
 EXPORT_SCHEMA = "scmflow-status-export/1"
 

@@ -18,21 +18,12 @@ from typing import Any
 import msgpack
 import pytest
 
+from scmflow.authenticity import AUTHENTIC, INVALID, NO_KEY, UNSIGNED, Authenticity
 from scmflow.errors import JournalError, LockError
-from scmflow.journal import (
-    AUTHENTIC,
-    FORMAT,
-    FORMAT_VERSION,
-    INVALID,
-    NO_KEY,
-    UNSIGNED,
-    Authenticity,
-    Journal,
-    TamperedJournal,
-    read_journal,
-    replay,
-    verify_journal,
-)
+from scmflow.journal import Journal
+from scmflow.journalreader import TamperedJournal, read_journal, verify_journal
+from scmflow.replay import replay
+from scmflow.statusformat import FORMAT, FORMAT_VERSION
 from scmflow.statuskey import StatusKey
 
 NOW = datetime(2024, 5, 1, 8, 0, 0)

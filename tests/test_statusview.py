@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from scmflow.errors import CatalogError
-from scmflow.journal import Journal, read_journal, replay
+from scmflow.journal import Journal
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.resources import states_file
 from scmflow.statuskey import StatusKey
 from scmflow.statusview import (

@@ -18,7 +18,7 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal
+from scmflow.journalreader import read_journal
 from scmflow.sandbox import Topology
 from scmflow.statusview import INTERRUPTED, list_status_files
 from tests.e2e.sandbox_cluster import (
