@@ -22,7 +22,6 @@ from scmflow.availability import describe as describe_limit
 from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import (
-    HostConfig,
     StaleConfigError,
     UpgradeConfig,
     load_config,
@@ -33,6 +32,7 @@ from scmflow.config import (
 from scmflow.errors import EXIT_OK, ConfigError, ScmflowError, UntrustedStatusFile, UsageError
 from scmflow.header import check_run_header
 from scmflow.hooks import dry_run_hook_lines
+from scmflow.hosttable import HostConfig
 from scmflow.journalreader import JournalContents, read_journal
 from scmflow.lifecycle import ROLLBACK, Lifecycle, load_lifecycle
 from scmflow.locks import clear_dead_host_locks, run_locks

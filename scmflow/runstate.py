@@ -14,9 +14,7 @@ from typing import Any
 from scmflow.actions import HostActions, RemoteLayout
 from scmflow.authenticity import Authenticity
 from scmflow.catalog import Catalog
-from scmflow.config import (
-    ConfigFile,
-)
+from scmflow.config import ConfigFile
 from scmflow.errors import JournalError, ScmflowError, UntrustedStatusFile
 from scmflow.header import check_header_shape, check_header_values
 from scmflow.hooks import Hooks, PairHooks
