@@ -36,6 +36,7 @@ from scmflow.hosttable import HostConfig
 from scmflow.journalreader import JournalContents, read_journal
 from scmflow.lifecycle import ROLLBACK, Lifecycle, load_lifecycle
 from scmflow.locks import clear_dead_host_locks, run_locks
+from scmflow.outcome import run_records
 from scmflow.plan import Pair
 from scmflow.records import run_record
 from scmflow.replay import replay
@@ -64,7 +65,7 @@ from scmflow.session.targets import SSHOptions
 from scmflow.sshconfig import load_client_config, resolve_target
 from scmflow.statusformat import FORMAT_VERSION
 from scmflow.statuskey import key_path, load_key, load_or_create_key
-from scmflow.statusview import authenticity_hint, run_records, trusted_values
+from scmflow.trustview import authenticity_hint, trusted_values
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,

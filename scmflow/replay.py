@@ -52,6 +52,14 @@ class PairReplay:
         settled = [r for r in self.history if r.get("kind") in ("transition", "fail")]
         return _epoch(settled[-1]) if settled else None
 
+    @property
+    def duration(self) -> float | None:
+        """Seconds from `started` to `finished`; None unless both are known."""
+        started, finished = self.started, self.finished
+        if started is None or finished is None:
+            return None
+        return max(0.0, finished - started)
+
 
 def replay(
     contents: JournalContents, lifecycle: Lifecycle | None = None

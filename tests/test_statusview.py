@@ -13,20 +13,15 @@ import pytest
 from scmflow.errors import CatalogError
 from scmflow.journal import Journal
 from scmflow.journalreader import read_journal
+from scmflow.lifecyclediagram import render_diagram
+from scmflow.outcome import never_started_count
 from scmflow.replay import replay
 from scmflow.resources import states_file
+from scmflow.statusexport import EXPORT_SCHEMA, export_json
 from scmflow.statuskey import StatusKey
-from scmflow.statusview import (
-    EXPORT_SCHEMA,
-    export_json,
-    format_duration,
-    list_status_files,
-    never_started_count,
-    render_diagram,
-    render_list,
-    render_show,
-    trusted_values,
-)
+from scmflow.statuslist import list_status_files, render_list
+from scmflow.statusview import format_duration, render_show
+from scmflow.trustview import trusted_values
 
 START = datetime(2024, 5, 1, 8, 0, 0)
 PLAN = [
