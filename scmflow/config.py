@@ -1,6 +1,6 @@
 """The operator's upgrade.cfg, in SequoiaCM's own format, as frozen dataclasses.
 
-Three sections: `[installconfig]` (one row: InstallPath, InstallUser), `[host]` (one row a
+Three sections: `[installconfig]` (one row: InstallPath, InstallUser), `[host]` (a row per
 host, scmflow/hosttable.py) and `[config]` (`key=value` lines). The text format itself is
 scmflow/cfgsyntax.py, and the rules each value is held to scmflow/configrules.py. The hook
 keys (`hookPreStop`, `hookPostVerify`, `hookPostRollback`) are taken verbatim: their value
