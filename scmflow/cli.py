@@ -507,7 +507,7 @@ Examples:
 @_STATUS_KEY
 def status_show(path: Path, timeline: bool, width: int, status_key: Path | None) -> None:
     """Who ran the upgrade, when, on which hosts, and where every pair ended."""
-    from scmflow.journal import read_journal
+    from scmflow.journalreader import read_journal
     from scmflow.statusview import render_show
 
     printer = Printer()
@@ -536,8 +536,8 @@ def status_verify(path: Path, status_key: Path | None) -> None:
     the file is authentic (every MAC valid with this machine's status key). Exit 0 only
     when both hold; else 1, with an [ERROR] line naming the first that does not.
     """
-    from scmflow.journal import verify_journal
-    from scmflow.statusview import authenticity_hint, authenticity_text, chain_text
+    from scmflow.journalreader import verify_journal
+    from scmflow.trustview import authenticity_hint, authenticity_text, chain_text
 
     printer = Printer()
     try:
@@ -569,8 +569,8 @@ Examples:
 @_STATUS_KEY
 def status_export(path: Path, fmt: str, status_key: Path | None) -> None:
     """The whole status file as one JSON document (schema: docs/status-file.md)."""
-    from scmflow.journal import read_journal
-    from scmflow.statusview import export_json
+    from scmflow.journalreader import read_journal
+    from scmflow.statusexport import export_json
 
     printer = Printer()
     try:
@@ -596,7 +596,7 @@ Examples:
 )
 def status_list(status_dir: Path) -> None:
     """The status files of a directory, newest first, one line each with the run's outcome."""
-    from scmflow.statusview import list_status_files, render_list
+    from scmflow.statuslist import list_status_files, render_list
 
     printer = Printer()
     if not status_dir.is_dir():
@@ -616,7 +616,7 @@ Examples:
 )
 def status_diagram() -> None:
     """The pair lifecycle (states/pair.toml) as a Mermaid state diagram."""
-    from scmflow.statusview import render_diagram
+    from scmflow.lifecyclediagram import render_diagram
 
     printer = Printer()
     try:

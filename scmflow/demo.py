@@ -27,7 +27,7 @@ from scmflow import sandbox
 from scmflow.catalog import Catalog, load_catalog, parse_version
 from scmflow.compatibility import load_compatibility
 from scmflow.errors import EXIT_FAILED, EXIT_OK, Interrupted, ScmflowError, UsageError
-from scmflow.journal import read_journal
+from scmflow.journalreader import read_journal
 from scmflow.locks import run_locks
 from scmflow.machine import load_lifecycle
 from scmflow.plan import Pair

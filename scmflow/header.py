@@ -10,8 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scmflow.config import (
-    ConfigFile,
+from scmflow.config import ConfigFile
+from scmflow.configrules import (
     check_host_name,
     check_install_user,
     check_normalised_path,

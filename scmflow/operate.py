@@ -22,7 +22,6 @@ from scmflow.availability import describe as describe_limit
 from scmflow.catalog import Catalog
 from scmflow.compatibility import load_compatibility
 from scmflow.config import (
-    HostConfig,
     StaleConfigError,
     UpgradeConfig,
     load_config,
@@ -33,11 +32,14 @@ from scmflow.config import (
 from scmflow.errors import EXIT_OK, ConfigError, ScmflowError, UntrustedStatusFile, UsageError
 from scmflow.header import check_run_header
 from scmflow.hooks import dry_run_hook_lines
-from scmflow.journal import FORMAT_VERSION, JournalContents, read_journal, replay
+from scmflow.hosttable import HostConfig
+from scmflow.journalreader import JournalContents, read_journal
 from scmflow.lifecycle import ROLLBACK, Lifecycle, load_lifecycle
 from scmflow.locks import clear_dead_host_locks, run_locks
+from scmflow.outcome import run_records
 from scmflow.plan import Pair
 from scmflow.records import run_record
+from scmflow.replay import replay
 from scmflow.report import dry_run_steps, plan_lines, plan_warnings, rollback_steps
 from scmflow.resume import ResumeSelection, fresh_pairs, reprobe_pairs, resume_upgrade, select_resume
 from scmflow.rollback import (
@@ -61,8 +63,9 @@ from scmflow.session.base import Session
 from scmflow.session.ssh import connect_all
 from scmflow.session.targets import SSHOptions
 from scmflow.sshconfig import load_client_config, resolve_target
+from scmflow.statusformat import FORMAT_VERSION
 from scmflow.statuskey import key_path, load_key, load_or_create_key
-from scmflow.statusview import authenticity_hint, run_records, trusted_values
+from scmflow.trustview import authenticity_hint, trusted_values
 from scmflow.upgrade import (
     CheckedCluster,
     Connector,

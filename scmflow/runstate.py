@@ -12,18 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from scmflow.actions import HostActions, RemoteLayout
+from scmflow.authenticity import Authenticity
 from scmflow.catalog import Catalog
-from scmflow.config import (
-    ConfigFile,
-)
+from scmflow.config import ConfigFile
 from scmflow.errors import JournalError, ScmflowError, UntrustedStatusFile
 from scmflow.header import check_header_shape, check_header_values
 from scmflow.hooks import Hooks, PairHooks
-from scmflow.journal import Authenticity, Journal, JournalContents, PairReplay, read_journal, replay
+from scmflow.journal import Journal
+from scmflow.journalreader import JournalContents, read_journal
 from scmflow.lifecycle import Lifecycle, load_lifecycle
 from scmflow.machine import PairRun
 from scmflow.plan import Pair
 from scmflow.records import run_record
+from scmflow.replay import PairReplay, replay
 from scmflow.report import Reporter
 from scmflow.scheduler import StageResult, describe_failure
 from scmflow.session.base import Session

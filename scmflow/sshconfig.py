@@ -43,7 +43,7 @@ from typing import cast
 
 import paramiko
 
-from scmflow.config import check_host_name
+from scmflow.configrules import check_host_name
 from scmflow.errors import ConfigError
 from scmflow.session.targets import SSHTarget
 

@@ -17,9 +17,7 @@ from scmflow.actions import RemoteLayout
 from scmflow.availability import Guard, MaxUnavailable, stage_limit
 from scmflow.catalog import Catalog
 from scmflow.compatibility import Compatibility
-from scmflow.config import (
-    ConfigFile,
-)
+from scmflow.config import ConfigFile
 from scmflow.distribute import distribute
 from scmflow.errors import ReleaseError, ScmflowError
 from scmflow.fanout import map_hosts

@@ -39,7 +39,8 @@ import msgpack
 import pytest
 
 from scmflow import sandbox
-from scmflow.journal import FORMAT, Journal
+from scmflow.journal import Journal
+from scmflow.statusformat import FORMAT
 from scmflow.statuskey import StatusKey, load_or_create_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 
 from scmflow import __version__
 from scmflow.cli import main
-from scmflow.journal import Journal, read_journal
+from scmflow.journal import Journal
+from scmflow.journalreader import read_journal
 from scmflow.statuskey import ENV_VAR, StatusKey, default_key_path, load_or_create_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,11 +17,11 @@ from scmflow.config import (
     UpgradeConfig,
     load_config,
     load_recorded_config,
-    normalise_install_path,
     parse_config,
     select_hosts,
     select_services,
 )
+from scmflow.configrules import normalise_install_path
 from scmflow.errors import ConfigError
 from scmflow.hooks import Hooks
 

@@ -24,7 +24,8 @@ from scmflow import operate
 from scmflow.catalog import load_catalog
 from scmflow.cli import ClusterOptions, Printer, main
 from scmflow.errors import ScmflowError
-from scmflow.journal import Journal, read_journal
+from scmflow.journal import Journal
+from scmflow.journalreader import read_journal
 from scmflow.resume import select_resume
 from scmflow.runstate import HostEntry, StatusTrust, open_run, read_run
 from scmflow.session.targets import SSHTarget

@@ -18,12 +18,14 @@ from scmflow.compatibility import load_compatibility
 from scmflow.config import load_config, parse_config
 from scmflow.errors import JournalError, ScmflowError
 from scmflow.inventory import HostInventory, InstalledService, Node
-from scmflow.journal import Journal, find_secret_key, read_journal
+from scmflow.journal import Journal
+from scmflow.journalreader import read_journal
 from scmflow.plan import make_plan
 from scmflow.release import load_release
 from scmflow.report import CollectingReporter
 from scmflow.runstate import HostEntry, Progress, open_run
 from scmflow.session.base import CommandResult
+from scmflow.statusformat import find_secret_key
 from scmflow.upgrade import CheckedCluster, Target, build_header, check_cluster, make_layout
 
 CATALOG = load_catalog()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scmflow import sandbox
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
 from tests.hosts import INSTALL_GROUP, INSTALL_USER, TestCluster, TestHost
 

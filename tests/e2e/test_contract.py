@@ -30,7 +30,8 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from tests.e2e.sandbox_cluster import (
     INSIDE_INSTALL,
     INSIDE_JAVA,

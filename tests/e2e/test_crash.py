@@ -26,9 +26,11 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal, replay, verify_journal
+from scmflow.journalreader import read_journal, verify_journal
+from scmflow.outcome import INTERRUPTED, SUCCESS
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
-from scmflow.statusview import INTERRUPTED, SUCCESS, summarize
+from scmflow.statuslist import summarize
 from tests.e2e.sandbox_cluster import REPO, SCM, Scenario, outer_install
 from tests.hosts import TestCluster
 

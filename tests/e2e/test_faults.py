@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
 from scmflow.session.targets import SSHOptions
 from tests.e2e.sandbox_cluster import REPO, SCM, Scenario

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from scmflow import sandbox
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import Scenario
 from tests.hosts import TestCluster

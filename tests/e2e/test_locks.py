@@ -28,7 +28,7 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal
+from scmflow.journalreader import read_journal
 from scmflow.locks import HOST_LOCK_NAME, STEP_WAIT
 from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import REPO, SCM, Scenario, outer_install

@@ -18,9 +18,10 @@ import pytest
 
 from scmflow import sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import read_journal
+from scmflow.journalreader import read_journal
+from scmflow.outcome import INTERRUPTED
 from scmflow.sandbox import Topology
-from scmflow.statusview import INTERRUPTED, list_status_files
+from scmflow.statuslist import list_status_files
 from tests.e2e.sandbox_cluster import (
     STANDARD_PORTS,
     Scenario,

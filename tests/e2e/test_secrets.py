@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import REPO, SCM, Scenario
 from tests.hosts import TestCluster, TestHost

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from scmflow import sandbox
-from scmflow.journal import read_journal
+from scmflow.journalreader import read_journal
 from scmflow.sandbox import NodeSpec, Topology
 from tests.e2e.sandbox_cluster import (
     Scenario,

@@ -29,8 +29,10 @@ import pytest
 
 from scmflow import __version__, sandbox
 from scmflow.errors import JournalError
-from scmflow.journal import FILE_PREFIX, NAME_TIME_FORMAT, _encode, read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import NodeSpec, Topology
+from scmflow.statusformat import FILE_PREFIX, NAME_TIME_FORMAT, encode_record
 from tests.e2e.sandbox_cluster import (
     SCM,
     Scenario,
@@ -551,7 +553,7 @@ def test_newer_format_and_non_status_files_are_refused_with_one_error(
     payload = msgpack.unpackb(data[: starts[1]], raw=False)[0]
     header = msgpack.unpackb(payload, raw=False)
     header["format_version"] = 3
-    _, frame = _encode(header)
+    _, frame = encode_record(header)
     newer = tmp_path / f"{FILE_PREFIX}2030-01-01-00:00:00"
     newer.write_bytes(frame + data[starts[1] :])
     # the run's own log file: real, and not a status file

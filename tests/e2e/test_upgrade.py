@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from scmflow import sandbox
-from scmflow.journal import read_journal, replay
+from scmflow.journalreader import read_journal
+from scmflow.replay import replay
 from scmflow.sandbox import Topology
 from tests.e2e.sandbox_cluster import (
     STANDARD_PORTS,
