@@ -299,7 +299,7 @@ def _jars(install_path: Path, pattern: str) -> list[str]:
 # ---------------------------------------------------------------- the command itself
 
 
-def test_argv_runs_this_file_and_replies_on_the_last_line(host: Host) -> None:
+def test_argv_runs_the_bundle_and_replies_on_the_last_line(host: Host) -> None:
     argv = agent_argv("exists", {"paths": [str(host.install), str(host.install / "nope")]})
     assert argv[:3] == ["python3", "-I", "-c"]
     assert argv[5:] == ["exists", json.dumps({"paths": [str(host.install), str(host.install / "nope")]})]
