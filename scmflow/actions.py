@@ -114,7 +114,7 @@ class HostActions:
         }
 
     def _start_timeout(self, pair: Pair) -> float:
-        # The agent allows each node's start `start_timeout + 60` s (agent.start_service),
+        # The agent allows each node's start `start_timeout + 60` s (agent/nodes.py, start_service),
         # one node after another, plus a listing.
         count = len(pair.running_ports) + (1 if pair.daemon_running else 0)
         return float((self.layout.start_timeout + 60) * max(count, 1) + 120)

@@ -1,4 +1,4 @@
-"""Runs steps of the host agent (scmflow/agent.py) on a host through a Session.
+"""Runs steps of the host agent (scmflow/agent/) on a host through a Session.
 
 `call_agent` starts one agent process per step; `AgentLink` keeps one serving agent per
 host and sends it step after step, which spares each step Python's start-up and imports
@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from scmflow import agent
+from scmflow.agent.protocol import GREETING_KEY, PROTOCOL
+from scmflow.agentpayload import agent_argv, serve_argv
 from scmflow.errors import RemoteError, RemoteTimeout
 from scmflow.session.base import Session, Stream, StreamEnded
 
@@ -25,6 +26,30 @@ GREETING_TIMEOUT = 60.0
 # runs out; the control side waits this much longer, so it never abandons a step that the
 # agent is still carrying out.
 STEP_MARGIN = 60.0
+
+
+def request_line(op: str, spec: Mapping[str, Any], request_id: int | None = None) -> bytes:
+    """One request for a serving agent; its reply carries the same `id`."""
+    request: dict[str, Any] = {"op": op, "spec": dict(spec)}
+    if request_id is not None:
+        request["id"] = request_id
+    return (json.dumps(request, sort_keys=True) + "\n").encode()
+
+
+def is_greeting(line: Mapping[str, Any]) -> bool:
+    """Whether a line from a serving agent is its greeting, of this protocol."""
+    return line.get(GREETING_KEY) == PROTOCOL
+
+
+def parse_agent_output(stdout: str) -> dict[str, Any]:
+    """The agent's reply: the JSON object on the last non-empty line; ValueError if none."""
+    for line in reversed(stdout.splitlines()):
+        if line.strip():
+            reply = json.loads(line)
+            if not isinstance(reply, dict) or "ok" not in reply:
+                raise ValueError("the last line is not an agent reply")
+            return reply
+    raise ValueError("no output")
 
 
 def with_budget(spec: Mapping[str, Any], timeout: float) -> dict[str, Any]:
@@ -53,14 +78,14 @@ def call_agent(
     """Run `op` with `spec` on the session's host as `user`; the agent's result on success."""
     env = {"JAVA_HOME": java_home} if java_home else None
     result = session.run(
-        agent.agent_argv(op, with_budget(spec, timeout)),
+        agent_argv(op, with_budget(spec, timeout)),
         user=user,
         env=env,
         timeout=timeout + STEP_MARGIN,
         check=False,
     )
     try:
-        reply = agent.parse_agent_output(result.stdout)
+        reply = parse_agent_output(result.stdout)
     except ValueError:
         raise RemoteError(
             session.host,
@@ -92,7 +117,7 @@ class AgentLink:
         with self._lock:
             fresh = self._stream is None
             if self._stream is None:
-                self._stream = self.session.open_stream(agent.serve_argv(), user=self.user, env=self.env)
+                self._stream = self.session.open_stream(serve_argv(), user=self.user, env=self.env)
             stream = self._stream
             self._last_id += 1
             try:
@@ -115,12 +140,12 @@ class AgentLink:
 
     def _await_greeting(self, stream: Stream, op: str) -> None:
         """Read up to the agent's greeting; nothing is sent to a process that has not greeted."""
-        self._read_reply(stream, f"{op} (the host agent's greeting)", GREETING_TIMEOUT, agent.is_greeting)
+        self._read_reply(stream, f"{op} (the host agent's greeting)", GREETING_TIMEOUT, is_greeting)
 
     def _exchange(
         self, stream: Stream, op: str, spec: Mapping[str, Any], timeout: float, request_id: int
     ) -> dict[str, Any]:
-        stream.send(agent.request_line(op, with_budget(spec, timeout), request_id))
+        stream.send(request_line(op, with_budget(spec, timeout), request_id))
         reply = self._read_reply(stream, op, timeout + STEP_MARGIN, lambda line: "ok" in line)
         answered = reply.pop("id", None)
         if answered != request_id:

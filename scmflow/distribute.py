@@ -28,7 +28,7 @@ def packages_for(pairs: Sequence[Pair], release: Release) -> list[Package]:
 def prepare_host(session: Session, layout: RemoteLayout, *, login_user: str, fresh: bool) -> None:
     """Create the run's upgrade and backup dirs; `fresh` (a new run) refuses existing ones.
 
-    Their bases are made root's (agent.prepare_dir), so what the run dirs hold can be
+    Their bases are made root's (agent/prepare.py, prepare_dir), so what the run dirs hold can be
     swapped by no user but the one each dir is given to.
     """
     spec = {

@@ -8,7 +8,7 @@ record proves its holder dead (this machine, this boot, and no process with that
 start time), the next run takes it over by itself and says so in one warning. Any other
 holder is refused, naming it, until the operator passes `--break-lock`.
 
-Taking over is a compare-and-swap on the host (see `agent.op_lock`): only the very record
+Taking over is a compare-and-swap on the host (see `op_lock` in agent/locks.py): only the very record
 the control machine judged is replaced, so of two breakers exactly one wins; and it waits
 for the host's step lock, so it never happens while an agent of the old holder is in a step.
 The core never prints: warnings go to the caller's `warn`.

@@ -9,8 +9,9 @@ import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from scmflow.agent.tarcheck import member_problem
 from scmflow.catalog import Catalog, Service, parse_version
 from scmflow.errors import ReleaseError
 
@@ -131,7 +132,10 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 def check_tarball_members(path: Path, top_dir: str) -> None:
-    """ReleaseError unless every member unpacks inside `top_dir` ("" = anywhere relative)."""
+    """ReleaseError unless every member unpacks inside `top_dir` ("" = anywhere relative).
+
+    The check is the agent's own (`member_problem`), which it makes again on the host.
+    """
     try:
         with tarfile.open(path, "r:*") as tar:
             members = tar.getmembers()
@@ -139,73 +143,9 @@ def check_tarball_members(path: Path, top_dir: str) -> None:
         raise ReleaseError(f"{path}: not a readable tarball: {exc}") from exc
     if not members:
         raise ReleaseError(f"{path}: empty tarball")
-    # Lexical checks only hold when no path goes through a symlink of the archive: a link
-    # `a -> .` makes `a/a/..` climb one level higher than it reads.
-    symlinks = {_parts(m.name) for m in members if m.issym()}
-    for member in members:
-        _check_member(path, member, top_dir, symlinks)
-
-
-def _parts(name: str) -> tuple[str, ...]:
-    return tuple(p for p in PurePosixPath(name).parts if p != ".")
-
-
-def _check_member(
-    path: Path, member: tarfile.TarInfo, top_dir: str, symlinks: set[tuple[str, ...]]
-) -> None:
-    name = PurePosixPath(member.name)
-    if name.is_absolute() or ".." in name.parts:
-        raise ReleaseError(f"{path}: unsafe member '{member.name}' (absolute or '..')")
-    parts = _parts(member.name)
-    if top_dir and parts and parts[0] != top_dir:
-        raise ReleaseError(f"{path}: member '{member.name}' is outside '{top_dir}/'")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise ReleaseError(f"{path}: member '{member.name}' is a special file")
-    under = next((parts[:i] for i in range(1, len(parts)) if parts[:i] in symlinks), None)
-    if under is not None:
-        raise ReleaseError(
-            f"{path}: member '{member.name}' lies under the symlink '{'/'.join(under)}'"
-        )
-    if member.issym() or member.islnk():
-        _check_link(path, member, parts, top_dir, symlinks)
-
-
-def _check_link(
-    path: Path,
-    member: tarfile.TarInfo,
-    parts: tuple[str, ...],
-    top_dir: str,
-    symlinks: set[tuple[str, ...]],
-) -> None:
-    target = PurePosixPath(member.linkname)
-    base = parts[:-1] if member.issym() else ()
-    where = f"{path}: link '{member.name}' -> '{member.linkname}'"
-    resolved = None if target.is_absolute() else _follow(base, target.parts, symlinks)
-    if resolved is None:
-        raise ReleaseError(f"{where} leaves the package")
-    if isinstance(resolved, str):
-        raise ReleaseError(f"{where} goes through the symlink '{resolved}'")
-    if top_dir and (not resolved or resolved[0] != top_dir):
-        raise ReleaseError(f"{where} leaves '{top_dir}/'")
-
-
-def _follow(
-    base: tuple[str, ...], steps: tuple[str, ...], symlinks: set[tuple[str, ...]]
-) -> tuple[str, ...] | str | None:
-    """Where `steps` lead from `base`: None when above the root, the symlink name when via one."""
-    out = list(base)
-    for index, step in enumerate(steps):
-        if step in ("", "."):
-            continue
-        if step == "..":
-            if not out:
-                return None
-            out.pop()
-            continue
-        out.append(step)
-        if tuple(out) in symlinks and index < len(steps) - 1:
-            return "/".join(out)
-    return tuple(out)
+    problem = member_problem(members, top_dir)
+    if problem is not None:
+        raise ReleaseError(f"{path}: {problem}")
 
 
 def _non_service_package(root: Path, service: Service, version: str, work_dir: Path) -> Package:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from scmflow import agent, agentcall
+from scmflow import agentcall
 from scmflow.actions import HostActions, RemoteLayout
+from scmflow.agent.protocol import PROTOCOL
 from scmflow.agentcall import AgentError
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError
@@ -56,7 +57,7 @@ class FakeStream:
         self.user = user
         self.env = env
         # A serving agent greets first (agent.serve).
-        self.lines: list[bytes | None] = [json.dumps({"scmflow_agent": agent.PROTOCOL}).encode() + b"\n"]
+        self.lines: list[bytes | None] = [json.dumps({"scmflow_agent": PROTOCOL}).encode() + b"\n"]
         self.closed = False
 
     def send(self, data: bytes) -> None:

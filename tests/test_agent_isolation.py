@@ -6,7 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from scmflow import agent
+from scmflow.agentcall import parse_agent_output, request_line
+from scmflow.agentpayload import agent_argv, serve_argv
 from scmflow.session.upload import RECEIVER as _RECEIVER
 
 PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted module ran')\n"
@@ -14,7 +15,7 @@ PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted module ran
 
 def plant(home: Path, marker: Path) -> None:
     """Modules the agent's first lines import, as the login user could leave them in ~."""
-    for name in ("base64", "zlib", "json", "hashlib"):
+    for name in ("base64", "zlib", "zipfile", "json", "hashlib"):
         (home / f"{name}.py").write_text(PLANT.format(marker=str(marker)))
 
 
@@ -22,10 +23,10 @@ def test_a_module_planted_in_the_working_directory_does_not_run(tmp_path: Path) 
     home, marker = tmp_path / "home", tmp_path / "marker"
     home.mkdir()
     plant(home, marker)
-    argv = agent.agent_argv("exists", {"paths": ["/"]})
+    argv = agent_argv("exists", {"paths": ["/"]})
     env = {**os.environ, "PYTHONPATH": str(home)}
     done = subprocess.run(argv, cwd=home, env=env, capture_output=True, text=True, timeout=60)
-    assert agent.parse_agent_output(done.stdout) == {"ok": True, "exists": ["/"]}
+    assert parse_agent_output(done.stdout) == {"ok": True, "exists": ["/"]}
     assert not marker.exists(), "a module from the working directory ran inside the agent"
 
 
@@ -34,7 +35,7 @@ def test_the_serving_agent_is_isolated_too(tmp_path: Path) -> None:
     home.mkdir()
     plant(home, marker)
     done = subprocess.run(
-        agent.serve_argv(), cwd=home, input=agent.request_line("exists", {"paths": ["/"]}),
+        serve_argv(), cwd=home, input=request_line("exists", {"paths": ["/"]}),
         capture_output=True, timeout=60,
     )
     assert b'"ok": true' in done.stdout
@@ -45,10 +46,10 @@ def test_the_agent_works_from_the_root_directory(tmp_path: Path) -> None:
     # A relative path in a spec would otherwise resolve in the login user's home.
     (tmp_path / "x").write_text("")
     done = subprocess.run(
-        agent.agent_argv("exists", {"paths": ["x", str(tmp_path / "x")]}),
+        agent_argv("exists", {"paths": ["x", str(tmp_path / "x")]}),
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
-    assert agent.parse_agent_output(done.stdout)["exists"] == [str(tmp_path / "x")]
+    assert parse_agent_output(done.stdout)["exists"] == [str(tmp_path / "x")]
 
 
 def test_the_receiver_changes_to_the_root_directory_before_anything_else() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scmflow import agent
+from scmflow.agent.operations import run_op
 from scmflow.catalog import load_catalog
 
 CATALOG = load_catalog()
@@ -22,7 +22,7 @@ ROOT = os.geteuid() == 0
 
 
 def prepare(*dirs: dict[str, object]) -> dict[str, object]:
-    return agent.run_op("prepare", {"dirs": list(dirs)})
+    return run_op("prepare", {"dirs": list(dirs)})
 
 
 def other_user() -> pwd.struct_passwd:
@@ -95,5 +95,5 @@ def test_restore_writes_only_what_the_catalog_says_a_backup_holds(tmp_path: Path
     (backup / ".complete").write_text(json.dumps({"time": 1}))
     spec = {"install_path": str(install), "service": CATALOG.get("gateway").to_spec(),
             "backup_dir": str(backup), "ports": [], "old_version": "3.1.2"}
-    reply = agent.run_op("restore", spec)
+    reply = run_op("restore", spec)
     assert not reply["ok"] and "never holds" in str(reply["error"]) and planted in str(reply["error"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scmflow import agent, agentcall
+from scmflow import agentcall
 from scmflow.agentcall import AgentError, AgentLink
 from scmflow.catalog import load_catalog
 from scmflow.errors import RemoteError, RemoteTimeout
@@ -62,7 +62,7 @@ class CountingSession(LocalSession):
 
 @pytest.fixture
 def fake_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent, "serve_argv", lambda: [sys.executable, "-c", FAKE])
+    monkeypatch.setattr(agentcall, "serve_argv", lambda: [sys.executable, "-c", FAKE])
 
 
 @pytest.mark.usefixtures("fake_agent")
@@ -165,7 +165,7 @@ def test_nothing_is_sent_to_an_agent_that_has_not_greeted(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     seen = tmp_path / "stdin"
-    monkeypatch.setattr(agent, "serve_argv", lambda: [sys.executable, "-c", SILENT, str(seen)])
+    monkeypatch.setattr(agentcall, "serve_argv", lambda: [sys.executable, "-c", SILENT, str(seen)])
     monkeypatch.setattr(agentcall, "GREETING_TIMEOUT", 1.0)
     monkeypatch.setattr(remote, "_EXIT_WAIT", 0.5)  # the silent agent is killed sooner (5 s in use)
     session = CountingSession()

@@ -22,7 +22,10 @@ from typing import Any
 
 import pytest
 
-from scmflow import agent
+from scmflow.agent.context import Ctx, Failure
+from scmflow.agent.files import write_atomic
+from scmflow.agent.locks import hold_step_lock
+from scmflow.agent.operations import run_op
 from scmflow.errors import LockError
 from scmflow.locks import (
     RunIdentity,
@@ -45,7 +48,7 @@ def lock_spec(path: Path, run: str, **extra: Any) -> dict[str, Any]:
 
 def call(op: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run an agent op in this process, as a host would; the reply must be ok."""
-    reply = agent.run_op(op, spec)
+    reply = run_op(op, spec)
     assert reply["ok"], reply
     return reply
 
@@ -114,7 +117,7 @@ def test_a_takeover_replaces_only_the_record_it_judged(tmp_path: Path) -> None:
 
 def _breaker(path: str, run: str, digest: str, start: Any, out: Any) -> None:
     start.wait()
-    out.put((run, agent.run_op("lock", lock_spec(Path(path), run, take_from=digest))))
+    out.put((run, run_op("lock", lock_spec(Path(path), run, take_from=digest))))
 
 
 def test_of_concurrent_breakers_exactly_one_wins(tmp_path: Path) -> None:
@@ -157,7 +160,7 @@ def test_the_lock_file_is_never_followed_through_a_link(tmp_path: Path) -> None:
     victim.write_text("precious")
     path = tmp_path / ".scmflow-run.lock"
     path.symlink_to(victim)
-    reply = agent.run_op("lock", lock_spec(path, "a"))
+    reply = run_op("lock", lock_spec(path, "a"))
     assert not reply["ok"] and "symbolic link" in reply["error"]
     assert victim.read_text() == "precious"
 
@@ -180,14 +183,14 @@ def test_unlock_clears_a_dead_record_only_while_it_is_still_there(tmp_path: Path
 def test_the_step_lock_is_one_per_install_whatever_the_run(tmp_path: Path) -> None:
     install = tmp_path / "sequoiacm"
     install.mkdir()
-    first = agent.Ctx({"install_path": str(install), "lock_path": str(tmp_path / "backup-1" / ".agent.lock")})
-    fd = agent.hold_step_lock(first, "backup")
+    first = Ctx({"install_path": str(install), "lock_path": str(tmp_path / "backup-1" / ".agent.lock")})
+    fd = hold_step_lock(first, "backup")
     assert fd is not None
     try:
         other_lock = str(tmp_path / "backup-2" / ".agent.lock")
-        other_run = agent.Ctx({"install_path": str(install), "lock_path": other_lock, "lock_wait": 0.3})
-        with pytest.raises(agent.Failure) as held:
-            agent.hold_step_lock(other_run, "replace")
+        other_run = Ctx({"install_path": str(install), "lock_path": other_lock, "lock_wait": 0.3})
+        with pytest.raises(Failure) as held:
+            hold_step_lock(other_run, "replace")
         assert held.value.step == "step-lock" and f"pid {os.getpid()}" in held.value.message
     finally:
         os.close(fd)
@@ -201,8 +204,8 @@ def test_the_step_lock_writes_nothing_through_a_planted_link(tmp_path: Path) -> 
     run_dir.mkdir()
     (run_dir / ".agent.lock").symlink_to(victim)
     # abandon names no install: it locks its own run's backup dir
-    ctx = agent.Ctx({"backup_dir": str(run_dir / "gateway"), "lock_path": str(run_dir / ".agent.lock")})
-    fd = agent.hold_step_lock(ctx, "abandon")
+    ctx = Ctx({"backup_dir": str(run_dir / "gateway"), "lock_path": str(run_dir / ".agent.lock")})
+    fd = hold_step_lock(ctx, "abandon")
     assert fd is not None
     os.close(fd)
     assert victim.read_text() == "precious"
@@ -213,7 +216,7 @@ def test_write_atomic_never_writes_through_a_planted_temporary_name(tmp_path: Pa
     victim.write_text("precious")
     path = tmp_path / "manifest.json"
     Path(f"{path}.tmp").symlink_to(victim)
-    agent.write_atomic(str(path), b"new")
+    write_atomic(str(path), b"new")
     assert path.read_bytes() == b"new"
     assert victim.read_text() == "precious"
 
@@ -225,7 +228,7 @@ def test_concurrent_atomic_writes_never_share_a_temporary_file(tmp_path: Path) -
     def write(data: bytes) -> None:
         try:
             for _ in range(200):
-                agent.write_atomic(path, data)
+                write_atomic(path, data)
         except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
             errors.append(exc)
 

@@ -109,7 +109,7 @@ class LocalReadError(Exception):
 
 def receiver_argv(host: str, files: Sequence[Upload]) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
     """The receiver's command line for the files, and each file's path and size to send."""
-    # -I and `/`: see agent._PYTHON; the receiver writes files as root.
+    # -I and `/`: see agentpayload.PYTHON; the receiver writes files as root.
     argv = ["python3", "-I", "-c", RECEIVER]
     sizes: list[tuple[Path, int]] = []
     for upload in files:

@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -24,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from scmflow import agent
-from scmflow.agent import agent_argv, parse_agent_output, request_line, serve_argv
+from scmflow.agentcall import is_greeting, parse_agent_output, request_line
+from scmflow.agentpayload import agent_argv, bundle, bundle_sources, serve_argv
 from scmflow.catalog import Catalog, load_catalog
 from scmflow.release import Release, load_release
 from scmflow.sandbox import (
@@ -76,7 +77,7 @@ class Server:
         )
         assert self.process.stdout is not None
         greeting = json.loads(self.process.stdout.readline())
-        assert agent.is_greeting(greeting) and greeting["pid"] == self.process.pid
+        assert is_greeting(greeting) and greeting["pid"] == self.process.pid
         self.requests = 0
 
     def send(self, data: bytes) -> dict[str, Any]:
@@ -298,7 +299,7 @@ def _jars(install_path: Path, pattern: str) -> list[str]:
 # ---------------------------------------------------------------- the command itself
 
 
-def test_argv_runs_this_file_and_replies_on_the_last_line(host: Host) -> None:
+def test_argv_runs_the_bundle_and_replies_on_the_last_line(host: Host) -> None:
     argv = agent_argv("exists", {"paths": [str(host.install), str(host.install / "nope")]})
     assert argv[:3] == ["python3", "-I", "-c"]
     assert argv[5:] == ["exists", json.dumps({"paths": [str(host.install), str(host.install / "nope")]})]
@@ -385,16 +386,37 @@ def test_a_clean_stop_lists_nodes_once_and_nodes_down_skips_the_listing(host: Ho
     assert log.read_text().splitlines()[1:] == ["list -m local"]
 
 
-def test_agent_source_stays_python36_compatible() -> None:
-    source = Path(agent.__file__).read_text(encoding="utf-8")
+def test_agent_source_stays_python36_compatible(tmp_path: Path) -> None:
+    sources = bundle_sources().items()
+    modules = {name: data.decode() for name, data in sources if name.startswith("scmflow/agent/")}
+    assert "scmflow/agent/__main__.py" in modules and "scmflow/agent/tarcheck.py" in modules
+    for name, source in modules.items():
+        _check_python36(name, source)
+    if PY36.exists():
+        # what the AST cannot tell: each module of the bundle compiles and imports on a real 3.6
+        code = "import importlib, sys; sys.path.insert(0, sys.argv[1]); " + "; ".join(
+            f"importlib.import_module({name[:-3].replace('/', '.')!r})" for name in sorted(modules)
+        )
+        zipapp = tmp_path / "agent.pyz"
+        zipapp.write_bytes(bundle())
+        done = subprocess.run([str(PY36), "-I", "-c", code, str(zipapp)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def _check_python36(name: str, source: str) -> None:
+    """A module of the agent: 3.6 syntax, stdlib or relative imports, 3.6-evaluable annotations."""
     tree = ast.parse(source, feature_version=(3, 6))
-    imported = {
-        (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Import | ast.ImportFrom)
-        for a in n.names
-    }
-    assert not any(name.startswith("scmflow") or name == "__future__" for name in imported)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            imported = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom) and not n.level:
+            imported = [n.module or ""]
+        else:
+            continue  # not an import, or one of the package's own modules, imported relatively
+        for module in imported:
+            # the host has Python's standard library and the bundle, nothing else of scmflow
+            assert module.split(".")[0] in sys.stdlib_module_names, (name, module)
+            assert module != "__future__", name
     for node in ast.walk(tree):
         annotations = []
         if isinstance(node, ast.FunctionDef):
@@ -404,11 +426,12 @@ def test_agent_source_stays_python36_compatible() -> None:
         for ann in annotations:
             for part in ast.walk(ann) if ann is not None else ():
                 # 3.6 evaluates annotations: no `X | Y` and no builtin generics like list[str].
-                assert not isinstance(part, ast.BinOp), ast.unparse(ann)
+                assert not isinstance(part, ast.BinOp), (name, ast.unparse(ann))
                 if isinstance(part, ast.Subscript):
-                    assert isinstance(part.value, ast.Name) and part.value.id[0].isupper(), ast.unparse(ann)
+                    generic = isinstance(part.value, ast.Name) and part.value.id[0].isupper()
+                    assert generic, (name, ast.unparse(ann))
     for newer in ("capture_output", "text=True", "dirs_exist_ok", "missing_ok", ":="):
-        assert newer not in source
+        assert newer not in source, (name, newer)
 
 
 # ---------------------------------------------------------------- probe
