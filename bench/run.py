@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shlex
 import shutil
@@ -44,9 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import acct, sampler  # noqa: E402
+from bench import acct, cgroups, sampler  # noqa: E402
 from scmflow import sandbox  # noqa: E402
 from scmflow.actions import RemoteLayout  # noqa: E402
 from scmflow.catalog import Catalog, load_catalog  # noqa: E402
@@ -141,19 +142,59 @@ class Measured:
     seconds: float
     machine_cpu: float
     profile: acct.Profile | None
+    command_cpu: float | None = None
+    hosts_cpu: float | None = None
 
 
-def run_measured(argv: Sequence[str], account: Path | None, **popen: Any) -> Measured:
-    """subprocess.run(argv) timed, with the machine's CPU over it, and process accounting
-    into the file `account` unless it is None."""
-    with acct.accounting(account) if account is not None else nullcontext() as recorder:
-        busy = machine_cpu_seconds()
-        started = time.monotonic()
-        done = subprocess.run(argv, **popen)
-        seconds = time.monotonic() - started
-        busy = machine_cpu_seconds() - busy
+@dataclass
+class Reading:
+    """CPU seconds a block used, once it has ended (None: not measured)."""
+
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Meters:
+    """What each timed run measures beyond its wall time: process accounting into the file
+    `account` (--profile), and the CPU of the group `hosts` holding every host's sshd."""
+
+    account: Path | None = None
+    hosts: cgroups.CpuGroup | None = None
+
+    def accounting(self) -> AbstractContextManager[acct.Recorder | None]:
+        """Process accounting for the block, if asked for."""
+        return acct.accounting(self.account) if self.account is not None else nullcontext()
+
+    @contextmanager
+    def hosts_cpu(self) -> Iterator[Reading]:
+        """The hosts' CPU over the block."""
+        reading = Reading()
+        before = self.hosts.cpu_seconds() if self.hosts is not None else None
+        yield reading
+        if self.hosts is not None and before is not None:
+            reading.seconds = self.hosts.cpu_seconds() - before
+
+
+NO_METERS = Meters()
+
+
+def run_measured(argv: Sequence[str], meters: Meters, **popen: Any) -> Measured:
+    """subprocess.run(argv) timed, with the machine's CPU over it, the CPU of the command (and
+    all it starts) and of the hosts, and process accounting when `meters` asks for it."""
+    command = cgroups.make_group("command")
+    try:
+        with meters.accounting() as recorder, meters.hosts_cpu() as hosts:
+            busy = machine_cpu_seconds()
+            started = time.monotonic()
+            done = subprocess.run(argv, preexec_fn=functools.partial(cgroups.join, command), **popen)
+            seconds = time.monotonic() - started
+            busy = machine_cpu_seconds() - busy
+        command_cpu = command.cpu_seconds() if command is not None else None
+    finally:
+        if command is not None:
+            command.remove()
     profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
-    return Measured(done, seconds, busy, profile)
+    return Measured(done, seconds, busy, profile, command_cpu, hosts.seconds)
 
 
 def note_profile(what: str, profile: acct.Profile | None) -> None:
@@ -257,10 +298,12 @@ class Run:
     machine_cpu: float = 0.0
     profile: acct.Profile | None = None
     usage: sampler.Usage | None = None
+    command_cpu: float | None = None
+    hosts_cpu: float | None = None
 
 
-def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
-    """Run scm.py as Scenario.scm does, under /usr/bin/time (and accounting into `account`),
+def run_scm(s: Scenario, args: Sequence[str], meters: Meters = NO_METERS) -> Run:
+    """Run scm.py as Scenario.scm does, under /usr/bin/time, measured as `meters` says,
     sampling the CPU of its threads and of the host agents as it goes (bench/sampler.py).
 
     Not wait4() on a direct child: a child forked from this (large) process starts with our
@@ -271,21 +314,28 @@ def run_scm(s: Scenario, args: Sequence[str], account: Path | None = None) -> Ru
     with tempfile.TemporaryDirectory() as tmp:
         usage_file = Path(tmp) / "usage"
         argv = [TIME, "-f", "%M %U %S", "-o", str(usage_file), sys.executable, str(SCM), *args]
-        with acct.accounting(account) if account is not None else nullcontext() as recorder:
-            busy = machine_cpu_seconds()
-            started = time.monotonic()
-            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, env=env, cwd=s.work) as proc:
-                with sampler.sampling(scm_pid(proc.pid)) as seen:
-                    out = proc.communicate()[0]
-            seconds = time.monotonic() - started
-            busy = machine_cpu_seconds() - busy
+        command = cgroups.make_group("scm")
+        try:
+            with meters.accounting() as recorder, meters.hosts_cpu() as hosts:
+                busy = machine_cpu_seconds()
+                started = time.monotonic()
+                with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, env=env, cwd=s.work,
+                                      preexec_fn=functools.partial(cgroups.join, command)) as proc:
+                    with sampler.sampling(scm_pid(proc.pid)) as seen:
+                        out = proc.communicate()[0]
+                seconds = time.monotonic() - started
+                busy = machine_cpu_seconds() - busy
+            command_cpu = command.cpu_seconds() if command is not None else None
+        finally:
+            if command is not None:
+                command.remove()
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
         rss_kb, user, system = usage_file.read_text().split("\n")[-2].split()
     profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
     return Run(
         seconds, float(user) + float(system), int(rss_kb) / 1024, proc.returncode,
-        out.decode(errors="replace"), busy, profile, seen.usage(),
+        out.decode(errors="replace"), busy, profile, seen.usage(), command_cpu, hosts.seconds,
     )
 
 
@@ -304,9 +354,9 @@ def scm_pid(time_pid: int, wait: float = 5.0) -> int:
     return time_pid
 
 
-def scm_ok(s: Scenario, args: Sequence[str], account: Path | None = None) -> Run:
+def scm_ok(s: Scenario, args: Sequence[str], meters: Meters = NO_METERS) -> Run:
     """run_scm that must succeed."""
-    run = run_scm(s, args, account)
+    run = run_scm(s, args, meters)
     if run.code != 0:
         raise SystemExit(f"bench: scm.py {shlex.join(args)} failed ({run.code}):\n{run.output[-3000:]}")
     return run
@@ -442,15 +492,15 @@ def baseline_plan(hosts: Sequence[TestHost], topology: Topology, release: Releas
     return "\n".join(lines) + "\n"
 
 
-def run_baseline(s: Scenario, plan: Path, parallel: int, account: Path | None = None) -> Run:
+def run_baseline(s: Scenario, plan: Path, parallel: int, meters: Meters = NO_METERS) -> Run:
     """bench/baseline.sh's wall and machine CPU seconds (and profile); it must succeed."""
     argv = ["bash", str(BASELINE), str(plan), str(parallel), str(s.cluster.client_key),
             str(s.cluster.known_hosts)]
-    m = run_measured(argv, account, capture_output=True, text=True)
+    m = run_measured(argv, meters, capture_output=True, text=True)
     if m.done.returncode != 0:
         output = m.done.stdout[-2000:] + m.done.stderr[-2000:]
         raise SystemExit(f"bench: baseline failed ({m.done.returncode}):\n{output}")
-    return Run(m.seconds, 0.0, 0.0, 0, "", m.machine_cpu, m.profile)
+    return Run(m.seconds, 0.0, 0.0, 0, "", m.machine_cpu, m.profile, None, m.command_cpu, m.hosts_cpu)
 
 
 @dataclass(frozen=True)
@@ -464,18 +514,26 @@ class Timing:
     connections: tuple[int, ...] = ()
     max_rss_mb: float = 0.0
     usage: sampler.Usage | None = None
+    command_cpu: float | None = None
+    hosts_cpu: float | None = None
 
     def breakdown(self) -> str:
-        """Where the run's time went: scm.py's threads, the agents, the rest of the hosts, idle."""
+        """Where the run's time went: the control side, the hosts (the agents among them), and
+        the time left over, which is waiting (or CPU that other work on this machine took)."""
         cores = os.cpu_count() or 1
-        idle = max(self.seconds * cores - self.machine_cpu, 0.0)
         parts = [f"wall {self.seconds:.1f} s"]
+        if self.command_cpu is not None:
+            parts.append(f"control side CPU {self.command_cpu:.1f} s")
         if self.usage is not None:
-            hosts = max(self.machine_cpu - self.usage.control - self.usage.agents, 0.0)
-            parts += [self.usage.line(), f"rest of the hosts (sshd, sudo, ctl, nodes) {hosts:.1f} s"]
+            parts.append(self.usage.line())
+        if self.hosts_cpu is not None:
+            parts.append(f"hosts CPU {self.hosts_cpu:.1f} s (sshd, sudo, agents, ctl, nodes)")
+        if self.command_cpu is not None and self.hosts_cpu is not None:
+            busy = self.command_cpu + self.hosts_cpu
+            parts.append(f"both sides {busy:.1f} s = at least {busy / cores:.1f} s on {cores} cores, "
+                         f"so {max(self.seconds - busy / cores, 0.0):.1f} s or more of waiting")
         else:
             parts.append(f"machine CPU {self.machine_cpu:.1f} s")
-        parts.append(f"cores idle {idle:.1f} s ({idle / (self.seconds * cores):.0%})")
         return "; ".join(parts)
 
 
@@ -489,11 +547,18 @@ def medians(runs: Sequence[Run], connections: Sequence[int] = ()) -> Timing:
         tuple(connections),
         max(r.max_rss_mb for r in runs),
         runs[-1].usage,
+        _median_of(r.command_cpu for r in runs),
+        _median_of(r.hosts_cpu for r in runs),
     )
 
 
+def _median_of(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def time_upgrade(
-    s: Scenario, topology: Topology, parallel: int, repeat: int, account: Path | None
+    s: Scenario, topology: Topology, parallel: int, repeat: int, meters: Meters
 ) -> Timing:
     """An unattended upgrade from a fresh 3.1.2 install; also SSH connections per host.
 
@@ -506,20 +571,20 @@ def time_upgrade(
         reinstall(s, topology)
         before = [h.accepted_connections() for h in s.cluster.hosts]
         args = s.upgrade_args(NEW, "--unattended", "--allow-outage", "--parallel", str(parallel))
-        runs.append(scm_ok(s, args, account))
+        runs.append(scm_ok(s, args, meters))
         connections = [h.accepted_connections() - b for h, b in zip(s.cluster.hosts, before, strict=True)]
         check_upgraded(s, topology)
     return medians(runs, connections)
 
 
 def time_baseline(
-    s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int, account: Path | None
+    s: Scenario, topology: Topology, plan: Path, parallel: int, repeat: int, meters: Meters
 ) -> Timing:
     """bench/baseline.sh from a fresh 3.1.2 install."""
     runs = []
     for _ in range(repeat):
         reinstall(s, topology)
-        runs.append(run_baseline(s, plan, parallel, account))
+        runs.append(run_baseline(s, plan, parallel, meters))
         check_upgraded(s, topology)
     return medians(runs)
 
@@ -551,15 +616,15 @@ def upgrade_cases(hosts: int, scale: int) -> list[UpgradeCase]:
 
 def measure_upgrade(
     s: Scenario, case: UpgradeCase, topology: Topology, release: Release, repeat: int,
-    account: Path | None,
+    meters: Meters,
 ) -> tuple[Figure, Timing]:
     """scmflow and the baseline side by side for `case`; the figure and scmflow's timing."""
     catalog = load_catalog()
     plan = s.work / "baseline.plan"
     plan.write_text(baseline_plan(s.cluster.hosts, topology, release, catalog))
-    theirs = time_baseline(s, topology, plan, case.parallel, repeat, account)
+    theirs = time_baseline(s, topology, plan, case.parallel, repeat, meters)
     note_profile(f"baseline, {case.name}", theirs.profile)
-    ours = time_upgrade(s, topology, case.parallel, repeat, account)
+    ours = time_upgrade(s, topology, case.parallel, repeat, meters)
     note_profile(f"scmflow, {case.name}", ours.profile)
     note(f"  breakdown of scmflow, {case.name}: {ours.breakdown()}")
     note(f"  breakdown of the baseline, {case.name}: {theirs.breakdown()}")
@@ -576,9 +641,9 @@ def measure_upgrade(
 # --------------------------------------------------------------------------- 4: check + plan
 
 
-def time_check(s: Scenario, repeat: int, account: Path | None) -> Timing:
+def time_check(s: Scenario, repeat: int, meters: Meters) -> Timing:
     """`--dry-run` (connect, check, plan, print)."""
-    return medians([scm_ok(s, s.upgrade_args(NEW, "--dry-run"), account) for _ in range(repeat)])
+    return medians([scm_ok(s, s.upgrade_args(NEW, "--dry-run"), meters) for _ in range(repeat)])
 
 
 # --------------------------------------------------------------------------- main
@@ -601,7 +666,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[Figure]:
+def measure(cluster: TestCluster, args: argparse.Namespace, work: Path, meters: Meters) -> list[Figure]:
     """Every figure asked for, in order; each is printed to stderr as soon as it is known."""
     only = set(args.only.split(","))
     h = args.hosts
@@ -621,13 +686,12 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
         add(Figure(f"send_{h}_hosts", ours, theirs, ("scmflow", f"{h} x scp"), 1.5))
     catalog = load_catalog()
     topology = full_topology(catalog)
-    account = work / "acct" if args.profile else None
     if "check" in only:
         full = scenario(subset(cluster, h), releases, work / "check")
         reinstall(full, topology)
         one = scenario(subset(cluster, 1), releases, work / "one")
-        many = time_check(full, args.repeat, account)
-        single = time_check(one, args.repeat, account)
+        many = time_check(full, args.repeat, meters)
+        single = time_check(one, args.repeat, meters)
         add(Figure(f"check_{h}_vs_1", many.seconds, single.seconds, (f"{h} hosts", "1 host"), 2.0,
                    detail=f"scm.py's own CPU {many.cpu_seconds:.2f} s vs {single.cpu_seconds:.2f} s; "
                           f"{cpu_note(many.machine_cpu, many.seconds)} vs "
@@ -643,7 +707,7 @@ def measure(cluster: TestCluster, args: argparse.Namespace, work: Path) -> list[
     all_at_once: dict[int, Timing] = {}
     for case in cases:
         s = scenario(subset(cluster, case.hosts), releases, work / case.name)
-        figure, timing = measure_upgrade(s, case, topology, release, args.upgrade_repeat, account)
+        figure, timing = measure_upgrade(s, case, topology, release, args.upgrade_repeat, meters)
         add(figure)
         if case.parallel >= case.hosts:
             all_at_once[case.hosts] = timing
@@ -667,11 +731,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.chmod(0o755)
     note(f"starting {count} test hosts")
     cluster = start_cluster(count)
+    hosts = cgroups.make_group("hosts")
     try:
+        if hosts is not None:
+            for host in cluster.hosts:
+                hosts.add(host.sshd_pid)
         if not args.keep_root_bashrc:
             use_stock_bashrc(cluster)
-        figures = measure(cluster, args, work)
+        meters = Meters(work / "acct" if args.profile else None, hosts)
+        figures = measure(cluster, args, work, meters)
     finally:
+        if hosts is not None:
+            hosts.remove()
         for host in cluster.hosts:
             sandbox.kill_nodes(outer_install(host))
         cluster.close()

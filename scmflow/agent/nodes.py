@@ -250,7 +250,8 @@ def _stop_daemon(ctx: Ctx) -> Dict[str, Any]:
         raise Failure(f"DAEMON runs (pid {pid}) but {ctl_path(ctx)} is missing", "stop")
     done = run_command(ctx, [ctl_path(ctx)] + list(ctx.service()["stop_args"]), check=False)
     wait = _STOP_WAIT if done.code == 0 else 0.0
-    if not wait_for(lambda: process_running(command) is None, wait):
+    # Wait on the pid seen (cheap), then look once at every process for another copy.
+    if not wait_for(lambda: not pid_alive(pid), wait) or process_running(command) is not None:
         raise Failure(f"DAEMON still running after stop (pid {pid}); {done.describe()}", "stop")
     return {"stopped": ["daemon"]}
 

@@ -10,11 +10,21 @@ def process_running(command: Optional[List[str]]) -> Optional[int]:
     if not command:
         return None
     want = " ".join(" ".join(command).split())
+    # Every process on the host is looked at: a cheap test on the raw command line first
+    # (its longest word), the full comparison and the namespace check only for the few left.
+    marker = max(want.split(), key=len).encode()
     skip = {os.getpid(), os.getppid()}
+    own_namespace = mount_namespace("self")
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in skip:
             continue
-        if not same_mount_namespace(int(name)):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker not in f.read():
+                    continue
+        except OSError:
+            continue
+        if not same_mount_namespace(int(name), own_namespace):
             # The same install path in another mount namespace (a container) is another install.
             continue
         words = " ".join(cmdline(int(name)) or []).split()
@@ -24,13 +34,21 @@ def process_running(command: Optional[List[str]]) -> Optional[int]:
     return None
 
 
-def same_mount_namespace(pid: int) -> bool:
-    """Whether process `pid` sees the same mounts as this one (True when that is not ours to know)."""
+def mount_namespace(pid: str) -> Optional[str]:
+    """The mount namespace of process `pid` ("self" for this one), None when not ours to read."""
     try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        return os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
+        return None
+
+
+def same_mount_namespace(pid: int, own: Optional[str] = None) -> bool:
+    """Whether process `pid` sees the same mounts as this one (True when that is not ours to know)."""
+    theirs = mount_namespace(str(pid))
+    if theirs is None:
         # Not ours to inspect (another user's process): judge by the command line alone.
         return True
+    return theirs == (own if own is not None else mount_namespace("self"))
 
 
 def cmdline(pid: int) -> Optional[List[str]]:
