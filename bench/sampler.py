@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-AGENT_MARK = b"scmflow_agent"
+# In every agent's command line (the boot code that imports the bundled package).
+AGENT_MARK = b"scmflow.agent.protocol"
 _TICK = os.sysconf("SC_CLK_TCK")
 
 

@@ -10,6 +10,9 @@ from scmflow.errors import ScmflowError
 
 T = TypeVar("T")
 
+# Hosts worked on side by side unless `--parallel-ssh` says otherwise.
+DEFAULT_PARALLEL_SSH = 16
+
 
 class HostsFailed(ScmflowError):
     """One or more hosts failed a step run on many hosts; the exit code is the step's."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from scmflow.errors import JournalError, LockError
 from scmflow.journalreader import JournalContents, read_journal
@@ -39,7 +39,11 @@ Clock = Callable[[], float]
 
 
 class Journal:
-    """An open status file that records are appended to, one fsynced record at a time.
+    """An open status file that records are appended to; each is fsynced before append returns.
+
+    Records that several threads append at about the same time share one fsync (group
+    commit): a thread writes its record, then waits for an fsync that began after the
+    write; whichever thread runs the fsync makes every record written so far durable.
 
     With a key, every record carries its MAC (format version 2); without one, none
     (version 1). A file keeps the version its header was written in.
@@ -65,6 +69,10 @@ class Journal:
         self._key = key
         self._broken: str | None = None
         self._lock = threading.Lock()
+        # Held across an fsync; taken before `_lock`, never while holding it.
+        self._sync_lock = threading.Lock()
+        self._synced_seq = seq
+        self._synced_size = os.fstat(fd).st_size
 
     @classmethod
     def create(
@@ -196,11 +204,12 @@ class Journal:
             self._write_record(fd, frame)
             self._seq += 1
             self._last_digest = digest
+        self._sync(record["seq"])
         return record
 
     def close(self) -> None:
         """Release the file; appending afterwards is an error."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -227,7 +236,6 @@ class Journal:
         size = os.fstat(fd).st_size
         try:
             _write_all(fd, frame)
-            os.fsync(fd)
         except OSError as exc:
             # A partial record followed by later ones would read as tampering: cut it off.
             try:
@@ -237,6 +245,30 @@ class Journal:
             raise JournalError(
                 f"cannot write to status file {self.path}: {exc.strerror or exc}"
             ) from exc
+
+    def _sync(self, seq: int) -> None:
+        """Return once record `seq` is on disk: by an fsync of this thread's or of another's."""
+        with self._sync_lock:
+            if self._synced_seq >= seq:
+                return
+            with self._lock:
+                fd = self._writable_fd()
+                upto, size = self._seq, os.fstat(fd).st_size
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._fail_sync(fd, exc)
+            self._synced_seq, self._synced_size = upto, size
+
+    def _fail_sync(self, fd: int, exc: OSError) -> NoReturn:
+        """Drop every record not known to be on disk; no later append may follow them."""
+        with self._lock:
+            self._broken = f"an fsync failed ({exc.strerror or exc})"
+            try:
+                os.ftruncate(fd, self._synced_size)
+            except OSError:
+                self._broken = f"a failed fsync could not be undone ({exc.strerror or exc})"
+        raise JournalError(f"cannot write to status file {self.path}: {exc.strerror or exc}") from exc
 
 
 # --- the file system --------------------------------------------------------------

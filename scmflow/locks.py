@@ -31,6 +31,7 @@ from typing import Any
 
 from scmflow.agentcall import call_agent
 from scmflow.errors import LockError, ScmflowError
+from scmflow.fanout import DEFAULT_PARALLEL_SSH
 from scmflow.session.base import Session
 
 CONTROL_LOCK_NAME = ".scmflow.lock"
@@ -302,8 +303,11 @@ def host_locks(
     force: bool,
     install_path: str | None = None,
     warn: WarnFn | None = None,
+    parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> Iterator[None]:
     """Hold the run lock on every host for the duration of the block; all or none.
+
+    Hosts are locked `parallel` at a time (`--parallel-ssh`).
 
     A dead holder's lock is taken over with a warning; `force` takes any holder's. With
     `install_path`, no takeover happens while a step runs on that install.
@@ -312,7 +316,7 @@ def host_locks(
     taken: list[str] = []
     errors: list[str] = []
     takeovers: list[Takeover] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(sessions)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(sessions)))) as pool:
         futures = {host: pool.submit(lock.take, host, s, login_users[host]) for host, s in sessions.items()}
         for host, future in futures.items():
             exc = future.exception()
@@ -363,6 +367,7 @@ def clear_dead_host_locks(
     run_id: str,
     warn: WarnFn,
     admin_user: str | None = "root",
+    parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> None:
     """Remove the host locks of provably dead runs, leaving every other holder alone.
 
@@ -390,7 +395,7 @@ def clear_dead_host_locks(
         return Takeover(host, holder, verdict) if again.get("removed") else None
 
     cleared: list[Takeover] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(sessions)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(sessions)))) as pool:
         futures = {host: pool.submit(clear, host) for host in sessions}
         for host, future in futures.items():
             exc = future.exception()
@@ -416,6 +421,7 @@ def run_locks(
     force: bool = False,
     install_path: str | None = None,
     warn: WarnFn | None = None,
+    parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> Iterator[None]:
     """One run per status directory here, and one per host: held while a run changes hosts.
 
@@ -435,6 +441,7 @@ def run_locks(
             force=force,
             install_path=install_path,
             warn=warn,
+            parallel=parallel,
         ),
     ):
         yield

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from scmflow.catalog import Catalog
 from scmflow.errors import PlanError, ScmflowError
-from scmflow.fanout import map_hosts
+from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.lifecycle import RETRY, ROLLBACK, Lifecycle
 from scmflow.plan import Pair, planned_nodes
@@ -43,7 +43,7 @@ def reprobe_pairs(
     *,
     sessions: Mapping[str, Session],
     catalog: Catalog,
-    parallel: int = 16,
+    parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> dict[tuple[str, str], Pair]:
     """Check the hosts again and read what `pairs` (clean pairs a resume redoes) run now.
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from scmflow.agentcall import call_agent
 from scmflow.catalog import Catalog
 from scmflow.errors import PlanError
-from scmflow.fanout import map_hosts
+from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.inventory import probe_host
 from scmflow.lifecycle import Lifecycle
 from scmflow.plan import Pair, group_stages
@@ -97,7 +97,7 @@ def check_pairs(
     *,
     sessions: Mapping[str, Session],
     catalog: Catalog,
-    parallel: int = 16,
+    parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> RollbackSelection:
     """The original's per-pair checks on the hosts (`parallel` at a time), for pairs cleanly upgraded."""
     selection = RollbackSelection(pairs=[])

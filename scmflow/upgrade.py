@@ -20,7 +20,7 @@ from scmflow.compatibility import Compatibility
 from scmflow.config import ConfigFile
 from scmflow.distribute import distribute
 from scmflow.errors import ReleaseError, ScmflowError
-from scmflow.fanout import map_hosts
+from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.hooks import Hooks, PairHooks
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.journal import Journal
@@ -103,7 +103,7 @@ def check_cluster(
     connect: Connector,
     reporter: Reporter,
     work_dir: Path,
-    parallel_ssh: int = 16,
+    parallel_ssh: int = DEFAULT_PARALLEL_SSH,
 ) -> CheckedCluster:
     """Connect to every host, read what is installed, load the release and plan; changes nothing.
 
@@ -220,7 +220,7 @@ class RunSettings:
     """Knobs of a run, from the command line."""
 
     parallel: int = 1
-    parallel_ssh: int = 16
+    parallel_ssh: int = DEFAULT_PARALLEL_SSH
     start_timeout: int = 300
     max_unavailable: MaxUnavailable | None = None
     allow_outage: bool = False

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,11 @@ def sleeper() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     tag = f"scmflow-test-{uuid.uuid4().hex}"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", tag])
     try:
+        # until it has exec'd, the child shows this process's command line
+        deadline = time.monotonic() + 10
+        while tag.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         yield proc, tag
     finally:
         proc.kill()

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from bench import sampler
+from scmflow import agentpayload
 
 _BUSY = "import time\nt = time.process_time()\nwhile time.process_time() - t < {seconds}: pass\n"
 
@@ -41,3 +42,8 @@ def test_samples_the_threads_of_a_process_and_agents_by_their_command_line() -> 
     assert usage.agent_processes == 1
     assert 0.2 <= usage.agents <= 0.8
     assert "host agents" in usage.line()
+
+
+def test_the_agent_mark_is_in_every_agents_command_line() -> None:
+    for argv in (agentpayload.serve_argv(), agentpayload.agent_argv("probe", {})):
+        assert any(sampler.AGENT_MARK in word.encode() for word in argv)

@@ -134,6 +134,65 @@ def test_every_append_is_fsynced_before_it_returns(tmp_path: Path, monkeypatch) 
     journal.close()
 
 
+def test_appends_that_meet_share_an_fsync_and_each_returns_durable(tmp_path: Path, monkeypatch) -> None:
+    real_fsync = os.fsync
+    synced: list[int] = []
+    durable_at_return: list[bool] = []
+    gate = threading.Barrier(8)
+
+    def slow_fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        threading.Event().wait(0.05)  # a slow disk: the other threads' records pile up
+        real_fsync(fd)
+        synced.append(size)
+
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+
+    def worker(n: int) -> None:
+        gate.wait()
+        for k in range(5):
+            record = journal.append({"kind": "note", "detail": f"thread {n} note {k}"})
+            # its bytes were in the file when some fsync that has ended began
+            end = _end_of_record(journal.path.read_bytes(), record["seq"])
+            durable_at_return.append(any(size >= end for size in synced))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    journal.close()
+    assert all(durable_at_return) and len(durable_at_return) == 40
+    assert len(synced) < 40  # shared: far fewer fsyncs than records
+    contents = read_journal(journal.path)
+    assert [r["seq"] for r in contents.records] == list(range(1, 41))
+
+
+def _end_of_record(data: bytes, seq: int) -> int:
+    """Offset just past record `seq` of a status file's bytes."""
+    return frame_offsets(data)[seq][1]
+
+
+def test_a_failed_fsync_drops_the_unsynced_records_and_refuses_more(tmp_path: Path, monkeypatch) -> None:
+    journal = Journal.create(tmp_path, header(), now=NOW)
+    journal.append({"kind": "note", "detail": "kept"})
+    size = journal.path.stat().st_size
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(JournalError, match="Input/output error"):
+        journal.append({"kind": "note", "detail": "lost"})
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="cannot be appended to"):
+        journal.append({"kind": "note", "detail": "after"})
+    journal.close()
+    assert journal.path.stat().st_size == size
+    assert [r.get("detail") for r in read_journal(journal.path).records] == ["kept"]
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -15,6 +15,7 @@ from pathlib import Path
 import paramiko
 
 from scmflow.errors import ConnectError, RemoteError, RemoteTimeout, ScmflowError
+from scmflow.fanout import DEFAULT_PARALLEL_SSH
 from scmflow.session.base import (
     LOG_NAME,
     Command,
@@ -422,7 +423,7 @@ def connect_all(
     targets: Sequence[SSHTarget],
     options: SSHOptions | None = None,
     *,
-    parallel: int = 16,
+    parallel: int = DEFAULT_PARALLEL_SSH,
     log: logging.Logger | None = None,
 ) -> dict[str, Session]:
     """Connect to every target at once; one ScmflowError naming each host that failed.
