@@ -339,38 +339,6 @@ def test_status_diagram_is_the_mermaid_lifecycle() -> None:
     assert "    failed --> [*]" not in lines
 
 
-def test_printer_on_a_terminal_draws_transfer_and_step_bars(capsys: pytest.CaptureFixture[str]) -> None:
-    from scmflow.cli import Printer
-
-    printer = Printer(tty=True)
-    printer.transfer("h1", 0, 100)
-    printer.transfer("h2", 50, 200)
-    printer.info("Upgrading Service: upgrading GATEWAY on h1 (2/4)")
-    printer.transfer("h1", 100, 100)
-    printer.transfer("h2", 200, 200)
-    out, err = capsys.readouterr()
-    step = "[INFO ] Upgrading Service: upgrading GATEWAY on h1 (2/4) [##########..........]"
-    assert out.splitlines() == [step]
-    assert "sending: h1 [..........] 0/0 MB" in err
-    assert "h2 [##########] 0/0 MB" in err
-    assert err.endswith("\n")
-
-
-def test_printer_off_a_terminal_prints_plain_lines_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from scmflow.cli import Printer
-
-    printer = Printer(tty=False)
-    printer.transfer("h1", 10, 100)
-    printer.info("Upgrading Service: sending upgrade package to h1 (1/3)")
-    printer.warn("careful")
-    out, err = capsys.readouterr()
-    assert out.splitlines() == [
-        "[INFO ] Upgrading Service: sending upgrade package to h1 (1/3)",
-        "[WARN ] careful",
-    ]
-    assert err == ""
-
-
 # --- the README's tables are the command's --------------------------------------------
 
 
@@ -388,7 +356,7 @@ def _readme_table(heading: str) -> list[list[str]]:
 
 
 def test_the_readme_exit_code_table_is_the_one_help_prints() -> None:
-    from scmflow.cli import EXIT_CODES
+    from scmflow.cli.cluster import EXIT_CODES
 
     readme = [(int(code), meaning) for code, meaning in _readme_table("### Exit codes")]
     assert readme == list(EXIT_CODES)
@@ -401,12 +369,13 @@ def test_the_readme_exit_code_table_is_the_one_help_prints() -> None:
 def test_the_readme_option_table_names_every_cluster_option() -> None:
     import re
 
-    from scmflow.cli import cluster
+    from scmflow.cli.cluster import cluster_command
 
     documented = {
         option for row in _readme_table("## The command line") for option in re.findall(r"--[a-z-]+", row[0])
     }
-    declared = {opt for param in cluster.params for opt in param.opts if opt.startswith("--")} - {"--help"}
+    params = cluster_command.params
+    declared = {opt for param in params for opt in param.opts if opt.startswith("--")} - {"--help"}
     assert documented == declared
     shown = invoke("cluster", "--help").output
     assert all(option in shown for option in declared)
@@ -468,12 +437,12 @@ def test_the_guides_run_scmflow_not_the_release_s_own_scm_py() -> None:
 def test_ctrl_c_before_a_run_is_exit_130_and_end_of_input_at_a_prompt_is_a_refusal(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scmflow import operate
+    from scmflow.cli import cluster
 
     def interrupted(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(operate, "run_cluster", interrupted)
+    monkeypatch.setattr(cluster, "run_cluster", interrupted)
     (workdir / "u.cfg").write_text("")
     result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
     assert result.exit_code == 130, result.output
@@ -482,7 +451,7 @@ def test_ctrl_c_before_a_run_is_exit_130_and_end_of_input_at_a_prompt_is_a_refus
     def no_answer(*args: object, **kwargs: object) -> int:
         raise EOFError
 
-    monkeypatch.setattr(operate, "run_cluster", no_answer)
+    monkeypatch.setattr(cluster, "run_cluster", no_answer)
     result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
     assert result.exit_code == 2, result.output
     assert error_lines(result) == ["[ERROR] no answer: the input ended at a prompt; nothing was changed"]

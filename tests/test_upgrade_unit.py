@@ -47,7 +47,7 @@ backupPath=/opt/backup/sequoiacm
 
 
 def target_from_config(text: str = CONFIG) -> Target:
-    """The Target the CLI builds from a parsed config (see operate._target)."""
+    """The Target the CLI builds from a parsed config (see scmflow/cli/cluster_upgrade.py)."""
     config = parse_config(text, "upgrade.cfg", CATALOG)
     return Target(
         install_path=config.install_path,
