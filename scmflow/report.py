@@ -10,41 +10,16 @@ from typing import Any, Protocol
 
 from scmflow.actions import RemoteLayout
 from scmflow.catalog import Catalog
+from scmflow.events import Event
 from scmflow.plan import Pair, Plan
 
 
 class Reporter(Protocol):
-    """Receives operator lines from the core (the CLI prints them, tests collect them)."""
+    """Receives the core's events (scmflow/events.py): the CLI renders them, tests collect them."""
 
-    def info(self, message: str) -> None:
-        """A normal progress line (`[INFO ] ...`)."""
+    def emit(self, event: Event) -> None:
+        """One thing the operator is to be told."""
         ...
-
-    def warn(self, message: str) -> None:
-        """A warning line (`[WARN ] ...`)."""
-        ...
-
-    def transfer(self, host: str, sent: int, total: int) -> None:
-        """Bytes of packages sent to `host` so far."""
-        ...
-
-
-class CollectingReporter:
-    """A Reporter that keeps lines in memory (tests, JSON output)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, message: str) -> None:
-        """Keep an info line."""
-        self.lines.append(f"[INFO ] {message}")
-
-    def warn(self, message: str) -> None:
-        """Keep a warning line."""
-        self.lines.append(f"[WARN ] {message}")
-
-    def transfer(self, host: str, sent: int, total: int) -> None:
-        """Transfers are not kept."""
 
 
 def plan_warnings(plan: Plan) -> list[str]:

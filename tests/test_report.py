@@ -11,7 +11,6 @@ from scmflow.actions import RemoteLayout
 from scmflow.catalog import load_catalog
 from scmflow.plan import Pair, Plan, PlannedNode, Skipped
 from scmflow.report import (
-    CollectingReporter,
     dry_run_steps,
     json_ready,
     open_log,
@@ -128,14 +127,6 @@ def test_json_ready_turns_bytes_and_tuples_into_json() -> None:
     ready = json_ready(value)
     assert ready == {"digest": "00ff", "7": ["a", [1, "10"]], "nested": [{"k": None}], "f": 1.5}
     assert json.loads(json.dumps(ready)) == ready
-
-
-def test_collecting_reporter_keeps_lines_as_printed() -> None:
-    reporter = CollectingReporter()
-    reporter.info("Upgrading service...(0/3)")
-    reporter.transfer("h1", 10, 100)
-    reporter.warn("careful")
-    assert reporter.lines == ["[INFO ] Upgrading service...(0/3)", "[WARN ] careful"]
 
 
 def test_open_log_writes_a_private_debug_log(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def state_locks(
         run_id=str(state.header.get("run_id", "")),
         force=flow.options.break_lock,
         install_path=state.layout.install_path,
-        warn=flow.printer.warn,
+        on_event=flow.printer.emit,
     )
 
 
@@ -125,7 +125,7 @@ def clear_dead_locks(
             opened,
             upgrade_pack_path=pack_base(state),
             run_id=str(state.header.get("run_id", "")),
-            warn=flow.printer.warn,
+            on_event=flow.printer.emit,
             admin_user=state.layout.admin_user,
         )
     except ScmflowError as exc:

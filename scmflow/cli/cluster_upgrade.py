@@ -95,7 +95,7 @@ def upgrade_target(
             run_id=run_id,
             force=options.break_lock,
             install_path=target.install_path,
-            warn=printer.warn,
+            on_event=printer.emit,
         )
         with locks, flow.interrupts() as stop:
             return execute_upgrade(

@@ -19,7 +19,9 @@ from typing import Any, NoReturn
 
 import click
 
+from scmflow.cli.render import render
 from scmflow.errors import ConfigError, ScmflowError, UsageError
+from scmflow.events import Event, PackageBytes
 from scmflow.report import open_log
 
 LOG = logging.getLogger("scmflow")
@@ -29,6 +31,7 @@ _STEP = re.compile(r"\((\d+)/(\d+)\)$")
 class Printer:
     """Prints operator lines as the original tool does (`[INFO ] ...`), and logs them.
 
+    It is the command line's Reporter: the core's events are printed as render() says them.
     On a terminal it also draws progress: one live line of per-host transfer bars, and a
     bar after each `(i/N)` step line. Elsewhere (CI, logs) the plain lines are all there is.
     """
@@ -40,6 +43,15 @@ class Printer:
         self._transfers: dict[str, tuple[int, int]] = {}
         self._drawn = 0.0
         self._bar_shown = False
+
+    def emit(self, event: Event) -> None:
+        """Print the core's `event` (transfer progress is drawn, not printed)."""
+        if isinstance(event, PackageBytes):
+            self.transfer(event.host, event.sent, event.total)
+            return
+        line = render(event)
+        if line is not None:
+            self._emit(line.printed)
 
     def info(self, message: str, *, err: bool | None = None) -> None:
         """`[INFO ] message`; `err` sends it to stderr (or stdout) whatever the printer's default."""
