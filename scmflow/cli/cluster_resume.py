@@ -25,6 +25,7 @@ from scmflow.cli.cluster_state import (
     state_word,
     status_plan_document,
 )
+from scmflow.cli.plan_text import dry_run_steps, rollback_steps
 from scmflow.cli.ui import confirm, echo_json, open_run_log
 from scmflow.config import UpgradeConfig, load_config
 from scmflow.errors import EXIT_OK, UsageError
@@ -33,7 +34,6 @@ from scmflow.journal import read_journal
 from scmflow.lifecycle import load_lifecycle
 from scmflow.plan import Pair
 from scmflow.records import run_record
-from scmflow.report import dry_run_steps, rollback_steps
 from scmflow.resume import ResumeSelection, fresh_pairs, reprobe_pairs, resume_upgrade, select_resume
 from scmflow.runstate import ResumeState, RunFailed, RunInterrupted
 from scmflow.statusview import run_records

@@ -14,12 +14,12 @@ from scmflow.cli.cluster_state import (
     state_locks,
     status_plan_document,
 )
+from scmflow.cli.plan_text import plan_lines, rollback_steps
 from scmflow.cli.ui import confirm, echo_json, open_run_log
 from scmflow.errors import EXIT_OK
 from scmflow.hooks import dry_run_hook_lines
 from scmflow.lifecycle import load_lifecycle
 from scmflow.plan import Pair
-from scmflow.report import plan_lines, rollback_steps
 from scmflow.rollback import check_pairs, execute_rollback, needs_rollback, select_pairs
 from scmflow.runstate import ResumeState, RunFailed, RunInterrupted, RunOutcome
 from scmflow.upgrade import close_sessions

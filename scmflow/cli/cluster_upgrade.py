@@ -14,6 +14,7 @@ from scmflow.cli.cluster_flow import ClusterFlow, print_limits, print_steps, rep
 from scmflow.cli.cluster_flow import run_settings as settings_of
 from scmflow.cli.cluster_login import resolve_passwords, ssh_connector
 from scmflow.cli.options import ClusterOptions
+from scmflow.cli.plan_text import dry_run_steps, plan_lines, plan_warnings
 from scmflow.cli.ui import Printer, confirm, echo_json, open_run_log
 from scmflow.compatibility import load_compatibility
 from scmflow.config import UpgradeConfig, load_config, select_hosts, select_services
@@ -21,7 +22,6 @@ from scmflow.errors import EXIT_OK
 from scmflow.hooks import dry_run_hook_lines
 from scmflow.lifecycle import load_lifecycle
 from scmflow.locks import run_locks
-from scmflow.report import dry_run_steps, plan_lines, plan_warnings
 from scmflow.runstate import HostEntry, RunFailed, RunInterrupted, RunOutcome
 from scmflow.statuskey import StatusKey, key_path, load_or_create_key
 from scmflow.upgrade import CheckedCluster, Connector, Target, check_cluster, execute_upgrade, make_layout
