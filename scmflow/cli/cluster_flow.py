@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from scmflow.availability import StageLimit
+from scmflow.availability import StageLimit, single_host_warnings
 from scmflow.availability import describe as describe_limit
 from scmflow.catalog import Catalog
 from scmflow.cli.options import ClusterOptions
@@ -76,6 +76,11 @@ def print_limits(flow: ClusterFlow, limits: Sequence[StageLimit]) -> None:
     pause_after = flow.options.pause_after
     if pause_after is not None:
         flow.printer.info(f"The run pauses once {pause_after} pairs are verified (--pause-after)")
+
+
+def stage_warnings(flow: ClusterFlow, limits: Sequence[StageLimit]) -> list[str]:
+    """A warning per stage whose service runs on one host only (with the stage lines)."""
+    return single_host_warnings(limits) if flow.stage_lines else []
 
 
 def print_steps(printer: Printer, steps: Mapping[str, Sequence[str]]) -> None:

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from scmflow.availability import single_host_warnings, stage_limits
+from scmflow.availability import stage_limits
 from scmflow.cli.cluster_flow import (
     ClusterFlow,
     print_limits,
@@ -14,6 +14,7 @@ from scmflow.cli.cluster_flow import (
     report_outcome,
     report_run_error,
     run_settings,
+    stage_warnings,
 )
 from scmflow.cli.cluster_state import (
     clear_dead_locks,
@@ -62,7 +63,7 @@ def resume(flow: ClusterFlow) -> int:
         return _nothing_to_resume(flow, state, selection)
     steps = _resume_steps(state, selection.pairs, flow) if options.dry_run else {}
     limits = stage_limits(selection.pairs, run_settings(options, 0).guard)
-    for warning in single_host_warnings(limits):
+    for warning in stage_warnings(flow, limits):
         printer.warn(warning)
     if options.output == "json":
         document = status_plan_document("resume", state, selection.pairs, steps)

@@ -8,9 +8,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from scmflow.availability import single_host_warnings, stage_limits
+from scmflow.availability import stage_limits
 from scmflow.catalog import Catalog
-from scmflow.cli.cluster_flow import ClusterFlow, print_limits, print_steps, report_outcome, report_run_error
+from scmflow.cli.cluster_flow import (
+    ClusterFlow,
+    print_limits,
+    print_steps,
+    report_outcome,
+    report_run_error,
+    stage_warnings,
+)
 from scmflow.cli.cluster_flow import run_settings as settings_of
 from scmflow.cli.cluster_login import resolve_passwords, ssh_connector
 from scmflow.cli.options import ClusterOptions
@@ -154,8 +161,7 @@ def _show_plan(checked: CheckedCluster, flow: ClusterFlow) -> bool:
     options, printer = flow.options, flow.printer
     plan = checked.plan
     limits = stage_limits(plan.pairs, settings_of(options, 0).guard)
-    stage_warnings = single_host_warnings(limits) if flow.stage_lines else []
-    for warning in plan_warnings(plan) + stage_warnings:
+    for warning in plan_warnings(plan) + stage_warnings(flow, limits):
         printer.warn(warning)
     if options.output == "json":
         document = {
