@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from scmflow.availability import stage_limits
@@ -67,7 +67,7 @@ def upgrade_target(
     *,
     work_dir: Path,
     status_key: Callable[[], StatusKey],
-    argv: list[str],
+    argv: Sequence[str],
 ) -> RunOutcome | None:
     """Check `target`, show the plan, confirm, then upgrade it; None when nothing was run.
 
