@@ -16,9 +16,9 @@ from scmflow.cli.cluster_flow import (
     print_steps,
     report_outcome,
     report_run_error,
+    run_settings,
     stage_warnings,
 )
-from scmflow.cli.cluster_flow import run_settings as settings_of
 from scmflow.cli.cluster_login import resolve_passwords, ssh_connector
 from scmflow.cli.options import ClusterOptions
 from scmflow.cli.plan_text import dry_run_steps, plan_lines, plan_warnings
@@ -112,7 +112,7 @@ def upgrade_target(
                 argv=argv,
                 catalog=flow.catalog,
                 lifecycle=load_lifecycle(),
-                settings=settings_of(options, options.upgrade_start_timeout),
+                settings=run_settings(options, options.upgrade_start_timeout),
                 reporter=printer,
                 stop=stop,
                 status_key=key,
@@ -160,7 +160,7 @@ def _show_plan(checked: CheckedCluster, flow: ClusterFlow) -> bool:
     """Print warnings and the plan; True when the operator wants it run."""
     options, printer = flow.options, flow.printer
     plan = checked.plan
-    limits = stage_limits(plan.pairs, settings_of(options, 0).guard)
+    limits = stage_limits(plan.pairs, run_settings(options, 0).guard)
     for warning in plan_warnings(plan) + stage_warnings(flow, limits):
         printer.warn(warning)
     if options.output == "json":
