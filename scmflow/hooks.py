@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scmflow.errors import ScmflowError
+from scmflow.events import HookEvent, HookRunning, RollbackHookFailed
 from scmflow.plan import Pair
 from scmflow.records import hook_record
 
@@ -402,8 +403,8 @@ def _printable(text: str) -> str:
 class PairHooks:
     """A run's hooks bound to its pairs: each run is recorded, and a failure is said once.
 
-    `record` appends a status-file record; `report` gets one operator line per hook run, and
-    `warn` a failed post_rollback hook (a failed pre_stop or post_verify fails its pair).
+    `record` appends a status-file record; `emit` gets an event per hook run, and one for a
+    failed post_rollback hook (a failed pre_stop or post_verify fails its pair).
     """
 
     def __init__(
@@ -411,8 +412,7 @@ class PairHooks:
         hooks: Hooks,
         *,
         record: Callable[[dict[str, Any]], object],
-        report: Callable[[str], None],
-        warn: Callable[[str], None],
+        emit: Callable[[HookEvent], None],
         run_id: str,
         status_file: Path,
         ssh_ports: Mapping[str, int],
@@ -421,8 +421,7 @@ class PairHooks:
     ) -> None:
         self.hooks = hooks
         self._record = record
-        self._report = report
-        self._warn = warn
+        self._emit = emit
         self._run_id = run_id
         self._status_file = status_file
         self._ssh_ports = dict(ssh_ports)
@@ -444,7 +443,7 @@ class PairHooks:
             status_file=self._status_file,
             run_id=self._run_id,
         )
-        self._report(f"Running the {phase} hook for {pair.printed} on {pair.host}: {shlex.join(argv)}")
+        self._emit(HookRunning(phase, pair, tuple(argv)))
         result = run_hook(
             phase,
             argv,
@@ -457,7 +456,7 @@ class PairHooks:
         self._record(hook_record(pair, detail))
         if not result.ok and phase == "post_rollback":
             # nothing else says it: the pair is rolled back, and the run goes on
-            self._warn(f"[{pair.host}]:{pair.printed}: {describe(result)}; the rollback goes on")
+            self._emit(RollbackHookFailed(pair, describe(result)))
         return result
 
 

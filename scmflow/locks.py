@@ -11,7 +11,7 @@ holder is refused, naming it, until the operator passes `--break-lock`.
 Taking over is a compare-and-swap on the host (see `op_lock` in agent/locks.py): only the very record
 the control machine judged is replaced, so of two breakers exactly one wins; and it waits
 for the host's step lock, so it never happens while an agent of the old holder is in a step.
-The core never prints: warnings go to the caller's `warn`.
+The core never prints: what the operator should know goes to the caller's `on_event`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 from scmflow.agentcall import call_agent
 from scmflow.errors import LockError, ScmflowError
+from scmflow.events import LockEvent, LocksTakenOver, LockUnchecked
 from scmflow.fanout import DEFAULT_PARALLEL_SSH
 from scmflow.session.base import Session
 
@@ -43,7 +44,7 @@ STEP_WAIT = 30.0
 # /proc/<pid>/stat fields after "(comm)": state is the first, starttime (field 22) the 20th.
 _STAT_STATE, _STAT_START = 0, 19
 
-WarnFn = Callable[[str], None]
+EventFn = Callable[[LockEvent], None]
 
 
 def boot_id() -> str:
@@ -213,25 +214,25 @@ class Takeover:
     verdict: Verdict
 
 
-def takeover_lines(takeovers: Sequence[Takeover], *, cleared: bool = False) -> list[str]:
-    """One warning per former holder, naming it and the hosts (`cleared`: removed, not taken)."""
+def takeover_events(takeovers: Sequence[Takeover], *, cleared: bool = False) -> list[LocksTakenOver]:
+    """One event per former holder, with its hosts (`cleared`: removed, not taken)."""
     groups: dict[tuple[Any, ...], list[Takeover]] = {}
     for t in takeovers:
         key = (t.holder.get("run_id"), t.holder.get("control_host"), t.holder.get("pid"), t.verdict.dead)
         groups.setdefault(key, []).append(t)
-    lines = []
+    events = []
     for group in groups.values():
         first = min(group, key=lambda t: str(t.holder.get("time", "")))
-        hosts = ", ".join(t.host for t in group)
-        who = holder_text(first.holder)
-        dead = f"that run is dead ({first.verdict.why})"
-        if cleared:
-            lines.append(f"Removed the run lock on {hosts} left by {who}: {dead}")
-        elif first.verdict.dead:
-            lines.append(f"Took over the run lock on {hosts} from {who}: {dead}")
-        else:
-            lines.append(f"--break-lock: took over the run lock on {hosts} from {who} ({first.verdict.why})")
-    return lines
+        events.append(
+            LocksTakenOver(
+                hosts=tuple(t.host for t in group),
+                holder=first.holder,
+                dead=first.verdict.dead,
+                why=first.verdict.why,
+                cleared=cleared,
+            )
+        )
+    return events
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ def host_locks(
     me: RunIdentity,
     force: bool,
     install_path: str | None = None,
-    warn: WarnFn | None = None,
+    on_event: EventFn | None = None,
     parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> Iterator[None]:
     """Hold the run lock on every host for the duration of the block; all or none.
@@ -327,9 +328,9 @@ def host_locks(
             result = future.result()
             if result is not None:
                 takeovers.append(result)
-    for line in takeover_lines(takeovers):
-        if warn is not None:
-            warn(line)
+    for event in takeover_events(takeovers):
+        if on_event is not None:
+            on_event(event)
     try:
         if errors:
             raise LockError("; ".join(errors))
@@ -365,14 +366,14 @@ def clear_dead_host_locks(
     *,
     upgrade_pack_path: str,
     run_id: str,
-    warn: WarnFn,
+    on_event: EventFn,
     admin_user: str | None = "root",
     parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> None:
     """Remove the host locks of provably dead runs, leaving every other holder alone.
 
     For a run that has nothing to do on its hosts and so takes no lock: a dead run's lock
-    would otherwise stay behind. A host that cannot be asked is reported in a warning.
+    would otherwise stay behind. A host that cannot be asked is reported in an event.
     """
     me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
     path = host_lock_path(upgrade_pack_path)
@@ -400,13 +401,13 @@ def clear_dead_host_locks(
         for host, future in futures.items():
             exc = future.exception()
             if exc is not None:
-                warn(f"Could not check the run lock on {host}: {_error_text(host, exc)}")
+                on_event(LockUnchecked(host, _error_text(host, exc)))
                 continue
             result = future.result()
             if result is not None:
                 cleared.append(result)
-    for line in takeover_lines(cleared, cleared=True):
-        warn(line)
+    for event in takeover_events(cleared, cleared=True):
+        on_event(event)
 
 
 @contextmanager
@@ -420,14 +421,14 @@ def run_locks(
     run_id: str,
     force: bool = False,
     install_path: str | None = None,
-    warn: WarnFn | None = None,
+    on_event: EventFn | None = None,
     parallel: int = DEFAULT_PARALLEL_SSH,
 ) -> Iterator[None]:
     """One run per status directory here, and one per host: held while a run changes hosts.
 
     Locks carry the status file's run id (then this process's pid, since a rollback of a
     run is another holder than the run itself), so "held by run X" leads to that file.
-    `warn` receives one line per dead (or, with `force`, broken) holder taken over.
+    `on_event` receives one event per dead (or, with `force`, broken) holder taken over.
     """
     me = RunIdentity(run_id=f"{run_id}.{os.getpid()}")
     with (
@@ -440,7 +441,7 @@ def run_locks(
             me=me,
             force=force,
             install_path=install_path,
-            warn=warn,
+            on_event=on_event,
             parallel=parallel,
         ),
     ):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from scmflow.catalog import Catalog
 from scmflow.errors import PlanError, ScmflowError
+from scmflow.events import PairRollingBackToRedo
 from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.inventory import HostInventory, probe_host
 from scmflow.lifecycle import RETRY, ROLLBACK, Lifecycle
@@ -128,7 +129,7 @@ def resume_upgrade(
                     state.in_flight[key], "interrupted: the step had begun but its outcome was not recorded"
                 )
             if run.state not in (*lifecycle.clean(), lifecycle.done):
-                reporter.info(f"Rolling back {run.pair.printed} on {run.pair.host} before redoing it")
+                reporter.emit(PairRollingBackToRedo(run.pair))
                 run.fire(ROLLBACK)
                 if hooks is not None:
                     hooks.run("post_rollback", run.pair)

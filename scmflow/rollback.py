@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from scmflow.agentcall import call_agent
 from scmflow.catalog import Catalog
 from scmflow.errors import PlanError
+from scmflow.events import PairRollingBack, RollbackStarted
 from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.inventory import probe_host
 from scmflow.lifecycle import Lifecycle
@@ -198,10 +199,10 @@ def execute_rollback(
         if key in runs:
             runs[key].mark_failed(trigger, "interrupted: the step had begun but its outcome was not recorded")
     progress = Progress(len(pairs))
-    reporter.info(f"Rolling back service...(0/{progress.total})")
+    reporter.emit(RollbackStarted(progress.total))
 
     def on_pair_start(pair: Pair) -> None:
-        reporter.info(f"Rolling back Service: rolling back {pair.printed} on {pair.host} {progress.next()}")
+        reporter.emit(PairRollingBack(pair, progress.next()))
 
     hooks = state_hooks(state, journal, reporter)
     scheduler = Scheduler(runs, parallel=parallel, stop=stop, on_pair_start=on_pair_start, hooks=hooks)

@@ -16,6 +16,7 @@ from scmflow.authenticity import Authenticity
 from scmflow.catalog import Catalog
 from scmflow.config import ConfigFile
 from scmflow.errors import JournalError, ScmflowError, UntrustedStatusFile
+from scmflow.events import NodeRestarting, Step
 from scmflow.header import check_header_shape, check_header_values
 from scmflow.hooks import Hooks, PairHooks
 from scmflow.journal import Journal
@@ -104,11 +105,11 @@ class Progress:
         self._done = 0
         self._lock = threading.Lock()
 
-    def next(self) -> str:
-        """`(i/N)` for the next step."""
+    def next(self) -> Step:
+        """The next step (the operator reads `(i/N)`)."""
         with self._lock:
             self._done += 1
-            return f"({self._done}/{self.total})"
+            return Step(self._done, self.total)
 
 
 def pair_hooks(
@@ -126,8 +127,7 @@ def pair_hooks(
     return PairHooks(
         hooks,
         record=journal.append,
-        report=reporter.info,
-        warn=reporter.warn,
+        emit=reporter.emit,
         run_id=run_id,
         status_file=journal.path,
         ssh_ports={h.name: h.port or 22 for h in hosts},
@@ -152,8 +152,7 @@ def make_runs(
     """One PairRun per pair, starting from `states` (default: the lifecycle's initial state)."""
 
     def on_node_start(pair: Pair, port: int | None) -> None:
-        where = f",port={port}" if port is not None else ""
-        reporter.info(f"Restarting {pair.printed} node{where}")
+        reporter.emit(NodeRestarting(pair, port))
 
     actions = {
         host: HostActions(

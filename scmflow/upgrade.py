@@ -20,6 +20,17 @@ from scmflow.compatibility import Compatibility
 from scmflow.config import ConfigFile
 from scmflow.distribute import distribute
 from scmflow.errors import ReleaseError, ScmflowError
+from scmflow.events import (
+    CheckStarted,
+    CheckSucceeded,
+    ConfigChecked,
+    HostsChecked,
+    PackageBytes,
+    PackageSending,
+    PairUpgrading,
+    StatusFileCreated,
+    UpgradeStarted,
+)
 from scmflow.fanout import DEFAULT_PARALLEL_SSH, map_hosts
 from scmflow.hooks import Hooks, PairHooks
 from scmflow.inventory import HostInventory, probe_host
@@ -109,13 +120,13 @@ def check_cluster(
 
     The hosts are read `parallel_ssh` at a time.
     """
-    reporter.info("Checking the upgrade configuration... (0/2)")
+    reporter.emit(CheckStarted())
     names = target.services or catalog.names()
     services = [catalog.get(n) for n in catalog.names()]
     sessions = connect([h.name for h in target.hosts])
     try:
         inventories = _probe_all(sessions, target, services, parallel_ssh)
-        reporter.info("Checking the upgrade configuration: Host (1/2)")
+        reporter.emit(HostsChecked())
         release = load_release(release_dir, catalog, names, work_dir=work_dir)
         plan = make_plan(
             catalog=catalog,
@@ -126,11 +137,11 @@ def check_cluster(
             release_version=release.version,
             available=tuple(release.packages),
         )
-        reporter.info("Checking the upgrade configuration: Config (2/2)")
+        reporter.emit(ConfigChecked())
     except BaseException:
         close_sessions(sessions)
         raise
-    reporter.info("Check the upgrade configuration success")
+    reporter.emit(CheckSucceeded())
     return CheckedCluster(
         target=target, release=release, inventories=inventories, plan=plan, sessions=sessions
     )
@@ -263,7 +274,7 @@ def execute_upgrade(
     layout = make_layout(checked.target, stamp, settings.start_timeout)
     header = build_header(checked, layout, argv=argv, stamp=stamp, parallel=settings.parallel, run_id=run_id)
     journal = Journal.create(status_dir, header, key=status_key)
-    reporter.info(f"Created upgrade status file, file location:{journal.path}")
+    reporter.emit(StatusFileCreated(journal.path))
     if on_status_file is not None:
         on_status_file(journal.path)
     journal.append(run_record("upgrade", "started", **settings.to_record()))
@@ -321,10 +332,13 @@ def drive_upgrade(
     for pair in todo:
         pairs_by_host.setdefault(pair.host, []).append(pair)
     progress = Progress(len(pairs_by_host) + len(todo))
-    reporter.info(f"Upgrading service...(0/{progress.total})")
+    reporter.emit(UpgradeStarted(progress.total))
 
     def on_host_start(host: str) -> None:
-        reporter.info(f"Upgrading Service: sending upgrade package to {host} {progress.next()}")
+        reporter.emit(PackageSending(host, progress.next()))
+
+    def on_bytes(host: str, sent: int, total: int) -> None:
+        reporter.emit(PackageBytes(host, sent, total))
 
     try:
         distribute(
@@ -336,7 +350,7 @@ def drive_upgrade(
             fresh=fresh,
             parallel=settings.parallel_ssh,
             on_host_start=on_host_start,
-            on_bytes=reporter.transfer,
+            on_bytes=on_bytes,
         )
     except ScmflowError as exc:
         with journal:
@@ -357,7 +371,7 @@ def drive_upgrade(
     )
 
     def on_pair_start(pair: Pair) -> None:
-        reporter.info(f"Upgrading Service: upgrading {pair.printed} on {pair.host} {progress.next()}")
+        reporter.emit(PairUpgrading(pair, progress.next()))
 
     guard = settings.guard
     scheduler = Scheduler(

@@ -468,7 +468,7 @@ def run_scm(
 _SERVER = r"""
 import json, os, sys
 import click, msgpack, paramiko, transitions
-import scmflow.cli, scmflow.operate
+import scmflow.cli
 import gc
 gc.freeze()  # what is imported stays put: runs copy no page of it for the collector
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scmflow import sandbox
+from scmflow.statuskey import ENV_VAR
 
 RELEASE_VERSIONS = ("3.1.2", "3.2.2")
 
@@ -19,3 +20,17 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
     base.chmod(0o755)
     out = {v: sandbox.build_release(base / v, v) for v in RELEASE_VERSIONS}
     yield out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run each command from an empty directory, so nothing lands in the checkout.
+
+    HOME is a fresh directory beside it: the operator's status key is looked for there.
+    """
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path.parent / f"{tmp_path.name}-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    return tmp_path

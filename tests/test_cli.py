@@ -1,23 +1,17 @@
-"""The command line, driven through click's CliRunner: errors, usage, help, version, status."""
+"""The command line, driven through click's CliRunner: errors, usage, help, version, the README's tables."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import click
-import msgpack
 import pytest
-from click.testing import CliRunner, Result
 
 from scmflow import __version__
 from scmflow.cli import main
-from scmflow.journal import Journal
-from scmflow.journalreader import read_journal
-from scmflow.statuskey import ENV_VAR, StatusKey, default_key_path, load_or_create_key
+from tests.cli_runner import assert_one_error, error_lines, invoke
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,35 +28,6 @@ scmServer-b,   notaport, root,  ,
 [config]
 upgradePackPath=/opt/upgrade/sequoiacm
 """
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run each command from an empty directory, so nothing lands in the checkout.
-
-    HOME is a fresh directory beside it: the operator's status key is looked for there.
-    """
-    monkeypatch.chdir(tmp_path)
-    home = tmp_path.parent / f"{tmp_path.name}-home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    return tmp_path
-
-
-def invoke(*args: str, stdin: str | None = None) -> Result:
-    return CliRunner().invoke(main, list(args), input=stdin)
-
-
-def error_lines(result: Result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("[ERROR]")]
-
-
-def assert_one_error(result: Result, expected: str, code: int = 2) -> None:
-    assert result.exit_code == code, result.output
-    assert error_lines(result) == [f"[ERROR] {expected}"]
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_a_bad_config_gives_one_error_line_naming_file_line_and_field(workdir: Path) -> None:
@@ -135,142 +100,6 @@ def test_click_level_usage_errors_exit_2(workdir: Path) -> None:
     assert "Invalid value for '--parallel'" in result.stderr
 
 
-def test_status_verify_on_random_bytes_is_one_error_line(workdir: Path) -> None:
-    (workdir / "random").write_bytes(bytes(range(256)) * 4)
-    for command in ("verify", "show", "export"):
-        result = invoke("status", command, "random")
-        assert result.exit_code != 0
-        assert error_lines(result) == ["[ERROR] random is not an scmflow upgrade status file"]
-        assert "Traceback" not in result.output
-
-
-def test_status_commands_on_a_missing_file(workdir: Path) -> None:
-    assert_one_error(invoke("status", "verify", "nothing"), "status file nothing does not exist")
-    assert_one_error(
-        invoke("status", "list", "--status-dir", "nodir"), "status directory nodir does not exist"
-    )
-
-
-def signed_status(directory: Path, key: StatusKey | None) -> Path:
-    """A two-record status file, signed with `key` (None: an unsigned version 1 file)."""
-    header = {"run_id": "r1", "plan": [], "hosts": [], "layout": {"install_user": "scmadmin"}}
-    with Journal.create(directory, header, key=key) as journal:
-        journal.append({"kind": "run", "detail": {"action": "upgrade", "result": "started"}})
-        return journal.path
-
-
-def forge(path: Path, **layout: str) -> None:
-    """Rewrite the header's layout and recompute the digest chain, as anyone without the key can."""
-    contents = read_journal(path)
-    records = [{k: v for k, v in contents.header.items()}, *contents.records]
-    records[0]["layout"] = {**records[0]["layout"], **layout}
-    out, prev = [], b""
-    for record in records:
-        if record["seq"]:
-            record["prev"] = prev
-        body = msgpack.packb(record, use_bin_type=True)
-        prev = hashlib.sha256(body).digest()
-        out.append(msgpack.packb([body, prev, bytes(32)], use_bin_type=True))
-    path.write_bytes(b"".join(out))
-
-
-def test_status_verify_of_an_intact_and_a_damaged_file(workdir: Path) -> None:
-    key = load_or_create_key(default_key_path())
-    path = signed_status(workdir / "status", key)
-    good = invoke("status", "verify", str(path))
-    assert good.exit_code == 0, good.output
-    assert good.stdout == (
-        "chain:     intact, 2 records\n"
-        f"authentic: yes, every record's MAC is valid with status key {key.key_id} ({default_key_path()})\n"
-    )
-    data = bytearray(path.read_bytes())
-    data[-40] ^= 0xFF  # in the last record's digest
-    path.write_bytes(bytes(data))
-    bad = invoke("status", "verify", str(path))
-    assert bad.exit_code == 1
-    assert len(error_lines(bad)) == 1 and str(path) in error_lines(bad)[0]
-    assert "is damaged or was tampered with: record 1" in error_lines(bad)[0]
-    assert bad.stdout.splitlines()[0].startswith("chain:     broken at record 1 (byte offset ")
-
-
-def test_status_verify_exits_1_on_a_file_rewritten_with_a_recomputed_chain(workdir: Path) -> None:
-    key = load_or_create_key(default_key_path())
-    path = signed_status(workdir / "status", key)
-    forge(path, install_user="root")
-
-    result = invoke("status", "verify", str(path))
-
-    assert result.exit_code == 1, result.output
-    assert result.stdout.splitlines() == [
-        "chain:     intact, 2 records",
-        f"authentic: NO, record 0's MAC is not valid with status key {key.key_id} ({default_key_path()}): "
-        "it was changed after it was written",
-    ]
-    assert error_lines(result) == [
-        f"[ERROR] {path} is not authentic: record 0's MAC is not valid with status key {key.key_id} "
-        f"({default_key_path()}): it was changed after it was written"
-    ]
-
-
-def test_status_verify_without_a_key_or_of_an_unsigned_file_is_not_ok(workdir: Path) -> None:
-    key = StatusKey.generate()
-    path = signed_status(workdir / "status", key)
-    missing = invoke("status", "verify", str(path))
-    assert missing.exit_code == 1
-    assert missing.stdout.splitlines()[1] == (
-        f"authentic: unknown, there is no status key to check its MACs with (the file names status key "
-        f"{key.key_id}); there is none at {default_key_path()} (--status-key FILE gives the key of the "
-        "machine that wrote it)"
-    )
-    assert not default_key_path().exists(), "reading never makes a key"
-    # the key of the machine that wrote it, given by option or environment
-    (workdir / "ctl1.key").write_bytes(key.secret)
-    (workdir / "ctl1.key").chmod(0o600)
-    assert invoke("status", "verify", str(path), "--status-key", "ctl1.key").exit_code == 0
-    given = CliRunner(env={ENV_VAR: str(workdir / "ctl1.key")}).invoke(main, ["status", "verify", str(path)])
-    assert given.exit_code == 0, given.output
-    old = signed_status(workdir / "old", None)
-    unsigned = invoke("status", "verify", str(old), "--status-key", "ctl1.key")
-    assert unsigned.exit_code == 1
-    assert error_lines(unsigned)[0].endswith(
-        "is not authentic: it is in status format version 1, whose records carry no MAC"
-    )
-
-
-def test_a_broken_status_key_is_one_error_line(workdir: Path) -> None:
-    path = signed_status(workdir / "status", StatusKey.generate())
-    (workdir / "bad.key").write_bytes(b"x" * 32)
-    (workdir / "bad.key").chmod(0o644)
-    for command in ("verify", "show", "export"):
-        result = invoke("status", command, str(path), "--status-key", "bad.key")
-        assert_one_error(
-            result,
-            "the status key bad.key is open to other users (mode 0644); make it private: chmod 600 bad.key",
-        )
-
-
-def test_status_show_and_export_say_whether_the_file_is_authentic(workdir: Path) -> None:
-    key = load_or_create_key(default_key_path())
-    path = signed_status(workdir / "status", key)
-    shown = invoke("status", "show", str(path))
-    assert shown.exit_code == 0, shown.output
-    assert "  Authentic yes, every record's MAC is valid with status key" in shown.stdout
-    exported = json.loads(invoke("status", "export", str(path)).stdout)
-    assert exported["authenticity"] == {
-        "authentic": True,
-        "state": "authentic",
-        "first_bad_seq": None,
-        "key_id": key.key_id,
-        "file_key_id": key.key_id,
-        "reason": f"every record's MAC is valid with status key {key.key_id} ({default_key_path()})",
-    }
-    assert exported["header"]["format_version"] == 2 and exported["header"]["key_id"] == key.key_id
-    forge(path, install_user="root")
-    shown = invoke("status", "show", str(path))
-    assert shown.exit_code == 0 and "  Authentic NO, record 0's MAC is not valid" in shown.stdout
-    assert json.loads(invoke("status", "export", str(path)).stdout)["authenticity"]["first_bad_seq"] == 0
-
-
 def test_trust_status_file_needs_a_status_file(workdir: Path) -> None:
     assert_one_error(
         invoke("cluster", "--upgrade", "--upgrade-conf", "x.cfg", "--trust-status-file"),
@@ -316,62 +145,6 @@ def test_short_help_option_works() -> None:
     assert invoke("cluster", "-h").stdout == invoke("cluster", "--help").stdout
 
 
-def test_status_diagram_is_the_mermaid_lifecycle() -> None:
-    result = invoke("status", "diagram")
-    assert result.exit_code == 0
-    lines = result.stdout.splitlines()
-    assert lines[:2] == ["stateDiagram-v2", "    [*] --> pending"]
-    for edge in (
-        "    pending --> backed_up : backup",
-        "    backed_up --> replaced : replace",
-        "    replaced --> restarted : restart",
-        "    restarted --> verified : verify",
-        "    verified --> failed : fail",
-        "    pending --> rolled_back : rollback (abandon)",
-        "    backed_up --> rolled_back : rollback (abandon)",
-        "    failed --> rolled_back : rollback (restore)",
-        "    verified --> rolled_back : rollback (restore)",
-        "    rolled_back --> pending : retry",
-        "    verified --> [*]",
-        "    rolled_back --> [*]",
-        "    note right of failed",
-    ):
-        assert edge in lines
-    assert "    failed --> [*]" not in lines
-
-
-def test_printer_on_a_terminal_draws_transfer_and_step_bars(capsys: pytest.CaptureFixture[str]) -> None:
-    from scmflow.cli import Printer
-
-    printer = Printer(tty=True)
-    printer.transfer("h1", 0, 100)
-    printer.transfer("h2", 50, 200)
-    printer.info("Upgrading Service: upgrading GATEWAY on h1 (2/4)")
-    printer.transfer("h1", 100, 100)
-    printer.transfer("h2", 200, 200)
-    out, err = capsys.readouterr()
-    step = "[INFO ] Upgrading Service: upgrading GATEWAY on h1 (2/4) [##########..........]"
-    assert out.splitlines() == [step]
-    assert "sending: h1 [..........] 0/0 MB" in err
-    assert "h2 [##########] 0/0 MB" in err
-    assert err.endswith("\n")
-
-
-def test_printer_off_a_terminal_prints_plain_lines_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from scmflow.cli import Printer
-
-    printer = Printer(tty=False)
-    printer.transfer("h1", 10, 100)
-    printer.info("Upgrading Service: sending upgrade package to h1 (1/3)")
-    printer.warn("careful")
-    out, err = capsys.readouterr()
-    assert out.splitlines() == [
-        "[INFO ] Upgrading Service: sending upgrade package to h1 (1/3)",
-        "[WARN ] careful",
-    ]
-    assert err == ""
-
-
 # --- the README's tables are the command's --------------------------------------------
 
 
@@ -389,7 +162,7 @@ def _readme_table(heading: str) -> list[list[str]]:
 
 
 def test_the_readme_exit_code_table_is_the_one_help_prints() -> None:
-    from scmflow.cli import EXIT_CODES
+    from scmflow.cli.cluster import EXIT_CODES
 
     readme = [(int(code), meaning) for code, meaning in _readme_table("### Exit codes")]
     assert readme == list(EXIT_CODES)
@@ -402,12 +175,13 @@ def test_the_readme_exit_code_table_is_the_one_help_prints() -> None:
 def test_the_readme_option_table_names_every_cluster_option() -> None:
     import re
 
-    from scmflow.cli import cluster
+    from scmflow.cli.cluster import cluster_command
 
     documented = {
         option for row in _readme_table("## The command line") for option in re.findall(r"--[a-z-]+", row[0])
     }
-    declared = {opt for param in cluster.params for opt in param.opts if opt.startswith("--")} - {"--help"}
+    params = cluster_command.params
+    declared = {opt for param in params for opt in param.opts if opt.startswith("--")} - {"--help"}
     assert documented == declared
     shown = invoke("cluster", "--help").output
     assert all(option in shown for option in declared)
@@ -469,12 +243,12 @@ def test_the_guides_run_scmflow_not_the_release_s_own_scm_py() -> None:
 def test_ctrl_c_before_a_run_is_exit_130_and_end_of_input_at_a_prompt_is_a_refusal(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scmflow import operate
+    from scmflow.cli import cluster
 
     def interrupted(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(operate, "run_cluster", interrupted)
+    monkeypatch.setattr(cluster, "run_cluster", interrupted)
     (workdir / "u.cfg").write_text("")
     result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
     assert result.exit_code == 130, result.output
@@ -483,7 +257,7 @@ def test_ctrl_c_before_a_run_is_exit_130_and_end_of_input_at_a_prompt_is_a_refus
     def no_answer(*args: object, **kwargs: object) -> int:
         raise EOFError
 
-    monkeypatch.setattr(operate, "run_cluster", no_answer)
+    monkeypatch.setattr(cluster, "run_cluster", no_answer)
     result = invoke("cluster", "--upgrade", "--upgrade-conf", "u.cfg")
     assert result.exit_code == 2, result.output
     assert error_lines(result) == ["[ERROR] no answer: the input ended at a prompt; nothing was changed"]

@@ -355,6 +355,7 @@ def test_result_record() -> None:
 
 
 def test_pair_hooks_run_the_configured_phase_record_it_and_say_so(tmp_path: Path) -> None:
+    from scmflow.cli.render import render
     from scmflow.hooks import PairHooks, dry_run_hook_lines
     from scmflow.plan import Pair, PlannedNode
 
@@ -371,8 +372,7 @@ def test_pair_hooks_run_the_configured_phase_record_it_and_say_so(tmp_path: Path
     bound = PairHooks(
         hooks,
         record=records.append,
-        report=lines.append,
-        warn=lines.append,
+        emit=lambda event: lines.append(render(event).text),
         run_id="run-1",
         status_file=tmp_path / "status",
         ssh_ports={"h1": 2201},

@@ -15,7 +15,7 @@ import os
 import pwd
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from scmflow.agent.context import Ctx, Failure
 from scmflow.agent.files import write_atomic
 from scmflow.agent.locks import hold_step_lock
 from scmflow.agent.operations import run_op
+from scmflow.cli.render import render
 from scmflow.errors import LockError
+from scmflow.events import Event
 from scmflow.locks import (
     RunIdentity,
     clear_dead_host_locks,
@@ -301,6 +303,17 @@ def layout(tmp_path: Path) -> dict[str, Any]:
     return {"pack": str(tmp_path / "upgrade"), "install": str(install)}
 
 
+def collect(warnings: list[str]) -> Callable[[Event], None]:
+    """An on_event that keeps each event's text as the operator reads it."""
+
+    def keep(event: Event) -> None:
+        line = render(event)
+        assert line is not None and line.warning
+        warnings.append(line.text)
+
+    return keep
+
+
 def locks(layout: dict[str, Any], warnings: list[str], *, force: bool = False, run: str = "new.1") -> Any:
     """host_locks on one local host, "h1"."""
     return host_locks(
@@ -311,7 +324,7 @@ def locks(layout: dict[str, Any], warnings: list[str], *, force: bool = False, r
         me=RunIdentity(run_id=run),
         force=force,
         install_path=layout["install"],
-        warn=warnings.append,
+        on_event=collect(warnings),
     )
 
 
@@ -381,7 +394,7 @@ def test_nothing_to_do_still_clears_dead_locks_and_only_those(tmp_path: Path) ->
         session = LocalSession(host=host)
         # as this user, who owns the locks here (the default admin user, root, needs root)
         clear_dead_host_locks(
-            {host: session}, upgrade_pack_path=pack, run_id="r", warn=warnings.append, admin_user=ME
+            {host: session}, upgrade_pack_path=pack, run_id="r", on_event=collect(warnings), admin_user=ME
         )
     assert not Path(host_lock_path(packs["h1"])).exists()
     assert Path(host_lock_path(packs["h2"])).exists(), "not provably dead: left alone"

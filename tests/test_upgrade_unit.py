@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 
 from scmflow.catalog import load_catalog
+from scmflow.cli.render import CollectingReporter
 from scmflow.compatibility import load_compatibility
 from scmflow.config import load_config, parse_config
 from scmflow.errors import JournalError, ScmflowError
+from scmflow.events import Step
 from scmflow.inventory import HostInventory, InstalledService, Node
 from scmflow.journal import Journal
 from scmflow.journalreader import read_journal
 from scmflow.plan import make_plan
 from scmflow.release import load_release
-from scmflow.report import CollectingReporter
 from scmflow.runstate import HostEntry, Progress, open_run
 from scmflow.session.base import CommandResult
 from scmflow.statusformat import find_secret_key
@@ -49,7 +50,7 @@ backupPath=/opt/backup/sequoiacm
 
 
 def target_from_config(text: str = CONFIG) -> Target:
-    """The Target the CLI builds from a parsed config (see operate._target)."""
+    """The Target the CLI builds from a parsed config (see scmflow/cli/cluster_upgrade.py)."""
     config = parse_config(text, "upgrade.cfg", CATALOG)
     return Target(
         install_path=config.install_path,
@@ -211,7 +212,7 @@ def test_make_layout_names_the_run_dirs_after_the_stamp() -> None:
 
 def test_progress_counts_once_per_step_across_threads() -> None:
     progress = Progress(200)
-    seen: list[str] = []
+    seen: list[Step] = []
     lock = threading.Lock()
 
     def work() -> None:
@@ -225,7 +226,7 @@ def test_progress_counts_once_per_step_across_threads() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(seen, key=lambda s: int(s[1:].split("/")[0])) == [f"({i}/200)" for i in range(1, 201)]
+    assert sorted(seen, key=lambda s: s.done) == [Step(i, 200) for i in range(1, 201)]
 
 
 # ----------------------------------------------------------------- check_cluster with fakes

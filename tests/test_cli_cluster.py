@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from scmflow import operate
 from scmflow.catalog import load_catalog
-from scmflow.cli import ClusterOptions, Printer, main
+from scmflow.cli import cluster_login, main
+from scmflow.cli.options import ClusterOptions
+from scmflow.cli.ui import Printer
 from scmflow.errors import ScmflowError
 from scmflow.journal import Journal
 from scmflow.journalreader import read_journal
@@ -77,7 +78,7 @@ class Logins:
 def logins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Logins:
     """Record instead of connecting; an operator HOME without ssh config; the env password set."""
     recorder = Logins()
-    monkeypatch.setattr(operate, "connect_all", recorder.connect_all)
+    monkeypatch.setattr(cluster_login, "connect_all", recorder.connect_all)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -351,10 +352,10 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
         return f"typed-for-{user}"
 
     monkeypatch.setattr(sys, "stdin", Terminal())
-    monkeypatch.setattr(operate, "_ask_password", ask)
+    monkeypatch.setattr(cluster_login, "ask_password", ask)
     state = open_run(status, trust=StatusTrust(operator_key()))
     try:
-        endpoints = operate._status_endpoints(state, options(status), CATALOG, Printer(), list(HOSTS))
+        endpoints = cluster_login.status_endpoints(state, options(status), CATALOG, Printer(), list(HOSTS))
     finally:
         state.journal.close()
 
@@ -375,7 +376,7 @@ def test_on_a_terminal_a_changed_config_means_asking_once_per_user(
     try:
         unattended = options(status, unattended=True)
         with pytest.raises(ScmflowError, match=r"cannot be asked \(--unattended\)") as info:
-            operate._status_endpoints(state, unattended, CATALOG, Printer(), list(HOSTS))
+            cluster_login.status_endpoints(state, unattended, CATALOG, Printer(), list(HOSTS))
     finally:
         state.journal.close()
     assert info.value.exit_code == 2
