@@ -61,6 +61,7 @@ from scmflow import sandbox  # noqa: E402
 from scmflow.actions import RemoteLayout  # noqa: E402
 from scmflow.catalog import Catalog, load_catalog  # noqa: E402
 from scmflow.distribute import distribute  # noqa: E402
+from scmflow.fanout import DEFAULT_PARALLEL_SSH  # noqa: E402
 from scmflow.plan import Pair  # noqa: E402
 from scmflow.release import Release, load_release  # noqa: E402
 from scmflow.sandbox import NodeSpec, Topology  # noqa: E402
@@ -564,13 +565,16 @@ def time_upgrade(
 
     `--allow-outage`: the baseline takes `parallel` hosts of a stage at once whatever they
     serve, and so does scmflow here (its availability guard would keep one node serving).
+    `--parallel-ssh`: at least `parallel`, since the baseline opens every host's connection
+    and sends every host its packages at once (scmflow's default is 16 hosts at a time).
     """
     runs = []
     connections: list[int] = []
     for _ in range(repeat):
         reinstall(s, topology)
         before = [h.accepted_connections() for h in s.cluster.hosts]
-        args = s.upgrade_args(NEW, "--unattended", "--allow-outage", "--parallel", str(parallel))
+        args = s.upgrade_args(NEW, "--unattended", "--allow-outage", "--parallel", str(parallel),
+                              "--parallel-ssh", str(max(parallel, DEFAULT_PARALLEL_SSH)))
         runs.append(scm_ok(s, args, meters))
         connections = [h.accepted_connections() - b for h, b in zip(s.cluster.hosts, before, strict=True)]
         check_upgraded(s, topology)
