@@ -23,7 +23,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 from scmflow.agentcall import call_agent
 from scmflow.errors import LockError, ScmflowError
 from scmflow.events import LockEvent, LocksTakenOver, LockUnchecked
-from scmflow.fanout import DEFAULT_PARALLEL_SSH
+from scmflow.fanout import DEFAULT_PARALLEL_SSH, each_host
 from scmflow.session.base import Session
 
 CONTROL_LOCK_NAME = ".scmflow.lock"
@@ -317,17 +316,16 @@ def host_locks(
     taken: list[str] = []
     errors: list[str] = []
     takeovers: list[Takeover] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(sessions)))) as pool:
-        futures = {host: pool.submit(lock.take, host, s, login_users[host]) for host, s in sessions.items()}
-        for host, future in futures.items():
-            exc = future.exception()
-            if exc is not None:
-                errors.append(_error_text(host, exc))
-                continue
-            taken.append(host)
-            result = future.result()
-            if result is not None:
-                takeovers.append(result)
+    outcomes = each_host(
+        list(sessions), lambda host: lock.take(host, sessions[host], login_users[host]), parallel=parallel
+    )
+    for host, outcome in outcomes.items():
+        if outcome.error is not None:
+            errors.append(_error_text(host, outcome.error))
+            continue
+        taken.append(host)
+        if outcome.result is not None:
+            takeovers.append(outcome.result)
     for event in takeover_events(takeovers):
         if on_event is not None:
             on_event(event)
@@ -396,16 +394,11 @@ def clear_dead_host_locks(
         return Takeover(host, holder, verdict) if again.get("removed") else None
 
     cleared: list[Takeover] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(sessions)))) as pool:
-        futures = {host: pool.submit(clear, host) for host in sessions}
-        for host, future in futures.items():
-            exc = future.exception()
-            if exc is not None:
-                on_event(LockUnchecked(host, _error_text(host, exc)))
-                continue
-            result = future.result()
-            if result is not None:
-                cleared.append(result)
+    for host, outcome in each_host(list(sessions), clear, parallel=parallel).items():
+        if outcome.error is not None:
+            on_event(LockUnchecked(host, _error_text(host, outcome.error)))
+        elif outcome.result is not None:
+            cleared.append(outcome.result)
     for event in takeover_events(cleared, cleared=True):
         on_event(event)
 

@@ -1,4 +1,4 @@
-"""map_hosts: every host tried, at most `parallel` at once, failures named per host."""
+"""fanout: every host tried, at most `parallel` at once; each host's outcome, failures named per host."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from scmflow import fanout
 from scmflow.errors import RemoteError, ScmflowError
 from scmflow.fanout import HostsFailed, map_hosts
 
@@ -82,3 +83,40 @@ def test_a_check_that_changes_nothing_refuses_with_its_own_exit_code() -> None:
     with pytest.raises(HostsFailed) as failed:
         map_hosts(HOSTS[:2], step, parallel=2, what="x")
     assert failed.value.exit_code == 1
+
+
+def test_each_host_gives_every_hosts_result_or_error_in_host_order() -> None:
+    def step(host: str) -> int:
+        if host == "b":
+            raise ValueError("b broke")
+        return len(host)
+
+    outcomes = fanout.each_host(["ccc", "b", "a"], step, parallel=2)
+    assert list(outcomes) == ["ccc", "b", "a"]
+    assert outcomes["ccc"].result == 3 and outcomes["ccc"].error is None
+    assert isinstance(outcomes["b"].error, ValueError) and outcomes["b"].result is None
+    assert fanout.each_host([], step, parallel=4) == {}
+
+
+def test_each_host_runs_at_most_parallel_at_once_and_raises_ctrl_c_after_all_ended() -> None:
+    running = 0
+    peak = 0
+    ended: list[str] = []
+    lock = threading.Lock()
+
+    def step(host: str) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+            ended.append(host)
+        if host == "h2":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fanout.each_host([f"h{n}" for n in range(6)], step, parallel=3)
+    assert peak == 3
+    assert sorted(ended) == [f"h{n}" for n in range(6)]

@@ -8,14 +8,13 @@ import shlex
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 
 from scmflow.errors import ConnectError, RemoteError, RemoteTimeout, ScmflowError
-from scmflow.fanout import DEFAULT_PARALLEL_SSH
+from scmflow.fanout import DEFAULT_PARALLEL_SSH, each_host
 from scmflow.session.base import (
     LOG_NAME,
     Command,
@@ -439,16 +438,20 @@ def connect_all(
     bastions = BastionPool(options, log)
     sessions: dict[str, Session] = {}
     failures: list[tuple[str, ScmflowError]] = []
+    by_host = {target.host: target for target in targets}
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets) or 1))) as pool:
-            futures = [
-                (t, pool.submit(SSHSession.connect, t, options, log=log, bastions=bastions)) for t in targets
-            ]
-            for target, future in futures:
-                try:
-                    sessions[target.host] = future.result()
-                except ScmflowError as exc:
-                    failures.append((target.host, exc))
+        outcomes = each_host(
+            names, lambda host: SSHSession.connect(by_host[host], options, log=log, bastions=bastions),
+            parallel=parallel,
+        )
+        for host, outcome in outcomes.items():
+            if outcome.result is not None:
+                sessions[host] = outcome.result
+        for host, outcome in outcomes.items():
+            if isinstance(outcome.error, ScmflowError):
+                failures.append((host, outcome.error))
+            elif outcome.error is not None:
+                raise outcome.error
         if failures:
             raise ConnectError(
                 f"cannot connect to {len(failures)} of {len(targets)} hosts: " + _group_failures(failures)
