@@ -1,156 +1,43 @@
-"""The ops a request names: the probe, the upgrade's steps, and running one op to its reply."""
+"""Running one op to its reply; each op's module is imported when an op first needs it.
 
+Every agent process compiles the modules it imports from the bundle (nothing is cached on
+a host), so a one-shot agent that takes a lock does not compile the package handling,
+health checks or node control it never uses.
+"""
+
+import importlib
 import json
 import os
-import pwd
-import re
-import shutil
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from .backups import backup_paths, complete_manifest, op_abandon, op_backup, op_restore
-from .commands import run_command
-from .context import Ctx, Failure, one_line, use_java
-from .files import free_bytes, merge_tree, remove_path
-from .health import health_problems
-from .locks import hold_step_lock, op_lock, op_unlock
-from .nodes import daemon_pid, has_ctl, list_at_once, list_nodes, start_service, stop_service
-from .packages import installed_version, stage_package, staging_dir, swap_in
-from .prepare import op_exists, op_prepare
+from .context import Ctx, Failure, one_line
+from .locks import hold_step_lock
 
-_JAVA_VERSION = re.compile(r'version "([^"]+)"')
-_PROFILE_JAVA_HOME = '. "$1" >/dev/null 2>&1; printf %s "$JAVA_HOME"'
-
-
-def op_probe(ctx: Ctx) -> Dict[str, Any]:
-    """Java, the install path, free space, and every service's version and nodes."""
-    spec = ctx.spec
-    java_home = spec.get("java_home") or _profile_java_home(ctx, str(spec.get("profile") or "/etc/profile"))
-    if java_home:
-        use_java(ctx.env, java_home)
-    ctx.step = "java"
-    # The nodes run on the first java of the ctl tools' PATH: that is the one to check.
-    java = shutil.which("java", path=ctx.env.get("PATH")) if java_home else None
-    java_version = _java_version(ctx, java) if java else None
-    install_path = ctx.need("install_path")
-    free = {str(p): free_bytes(str(p)) for p in spec.get("df_paths") or []}
-    services: Dict[str, Any] = {}
-    probes: List[Ctx] = []
-    for svc in spec.get("services") or []:
-        one = Ctx(dict(spec, service=svc))
-        one.env = ctx.env
-        probes.append(one)
-    ctx.step = "list nodes"
-    listings = list_at_once(probes)
-    for one in probes:
-        svc = one.service()
-        ctx.step = f"probe {svc['name']}"
-        version = installed_version(one)
-        nodes: List[Dict[str, Any]] = []
-        if svc["node_kind"] == "port":
-            nodes = list_nodes(one, listings)
-        elif svc["node_kind"] == "daemon" and (version is not None or has_ctl(one)):
-            pid = daemon_pid(one)
-            nodes = [{"port": None, "pid": pid, "running": pid is not None}]
-        services[svc["name"]] = {"version": version, "nodes": nodes}
-    return {
-        "java_home": java_home or None,
-        "java": java,
-        "java_version": java_version,
-        "install_path_exists": os.path.isdir(install_path),
-        "user": pwd.getpwuid(os.geteuid()).pw_name,
-        "free": free,
-        "services": services,
-    }
-
-
-def _profile_java_home(ctx: Ctx, profile: str) -> str:
-    ctx.step = "profile"
-    env = dict(ctx.env)
-    env.pop("JAVA_HOME", None)
-    saved, ctx.env = ctx.env, env
-    try:
-        done = run_command(ctx, ["bash", "-c", _PROFILE_JAVA_HOME, "scmflow-probe", profile], 60, check=False)
-    finally:
-        ctx.env = saved
-    return done.out.strip()
-
-
-def _java_version(ctx: Ctx, java: str) -> Optional[str]:
-    try:
-        done = run_command(ctx, [java, "-version"], 60, check=False)
-    except Failure:
-        return None
-    m = _JAVA_VERSION.search(done.err + done.out)
-    return m.group(1) if m else None
-
-
-
-def op_replace(ctx: Ctx) -> Dict[str, Any]:
-    """Stop the nodes and swap the service's files for the package's; conf/ and data stay."""
-    backup_dir = ctx.need("backup_dir")
-    new_version = ctx.need("new_version")
-    ctx.step = "check-backup"
-    manifest = complete_manifest(ctx, backup_dir)
-    if manifest is None:
-        raise Failure(f"refusing to replace: the backup {backup_dir} is not complete", "check-backup")
-    ctx.step = "extract"
-    staged = stage_package(ctx)
-    try:
-        ctx.step = "stop"
-        stopped = stop_service(ctx)
-        ctx.step = "swap"
-        moved = swap_in(ctx, staged, fresh=not manifest.get("dir_existed", True))
-        ctx.step = "preserve"
-        files = backup_paths(backup_dir)[0]
-        for rel in ctx.service().get("preserve") or []:
-            src = os.path.join(files, rel)
-            if os.path.lexists(src):
-                merge_tree(src, os.path.join(ctx.service_dir(), rel))
-    finally:
-        remove_path(staging_dir(ctx))
-    ctx.step = "check-version"
-    found = installed_version(ctx)
-    if found != new_version:
-        raise Failure(f"after the replace the version on disk is {found or 'none'}, not {new_version}")
-    return {"stopped": stopped["stopped"], "replaced": moved, "version": found}
-
-
-def op_restart(ctx: Ctx) -> Dict[str, Any]:
-    """Start exactly the nodes that ran before the upgrade."""
-    spec = ctx.spec
-    ports = [int(p) for p in spec.get("ports") or []]
-    return start_service(
-        ctx, ports, bool(spec.get("daemon")), float(spec.get("timeout") or 300), bool(spec.get("nodes_down"))
-    )
-
-
-def op_verify(ctx: Ctx) -> Dict[str, Any]:
-    """The new version is on disk once and every listed node runs and answers."""
-    spec = ctx.spec
-    ports = [int(p) for p in spec.get("ports") or []]
-    problems, state = health_problems(
-        ctx, spec.get("version"), ports, bool(spec.get("daemon")), float(spec.get("wait") or 60)
-    )
-    if problems:
-        raise Failure("; ".join(problems), "verify")
-    return state
-
-
-
-_OPS: Dict[str, Callable[[Ctx], Dict[str, Any]]] = {
-    "probe": op_probe,
-    "backup": op_backup,
-    "replace": op_replace,
-    "restart": op_restart,
-    "verify": op_verify,
-    "restore": op_restore,
-    "abandon": op_abandon,
-    "prepare": op_prepare,
-    "exists": op_exists,
-    "lock": op_lock,
-    "unlock": op_unlock,
+# op -> (module of this package, function)
+_OPS: Dict[str, Tuple[str, str]] = {
+    "probe": ("steps", "op_probe"),
+    "backup": ("backups", "op_backup"),
+    "replace": ("steps", "op_replace"),
+    "restart": ("steps", "op_restart"),
+    "verify": ("steps", "op_verify"),
+    "restore": ("backups", "op_restore"),
+    "abandon": ("backups", "op_abandon"),
+    "prepare": ("prepare", "op_prepare"),
+    "exists": ("prepare", "op_exists"),
+    "lock": ("locks", "op_lock"),
+    "unlock": ("locks", "op_unlock"),
 }
+
+
+def op_handler(op: str) -> Callable[[Ctx], Dict[str, Any]]:
+    """The function that carries out `op` (Failure for an unknown op)."""
+    where = _OPS.get(op)
+    if where is None:
+        raise Failure(f"unknown op '{op}'", "args")
+    module = importlib.import_module("." + where[0], __package__)
+    handler: Callable[[Ctx], Dict[str, Any]] = getattr(module, where[1])
+    return handler
 
 
 def run_op(op: str, raw: Any) -> Dict[str, Any]:
@@ -158,9 +45,7 @@ def run_op(op: str, raw: Any) -> Dict[str, Any]:
     ctx: Optional[Ctx] = None
     lock: Optional[int] = None
     try:
-        handler = _OPS.get(op)
-        if handler is None:
-            raise Failure(f"unknown op '{op}'", "args")
+        handler = op_handler(op)
         spec = json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(spec, dict):
             raise Failure("the spec is not a JSON object", "args")
