@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scmflow.agent.context import Ctx, Failure
-from scmflow.agent.packages import stage_package
+from scmflow.agent.packages import stage_package, swaps_in
 from scmflow.agent.tarcheck import member_problem
 from scmflow.catalog import load_catalog
 from scmflow.errors import ReleaseError
@@ -27,12 +27,10 @@ UNSAFE = [
     member("sequoiacm-om/d", tarfile.SYMTYPE, "jars"),
 ]
 
-
 def om_ctx(install: Path, package: Path) -> Ctx:
     """A step's context for unpacking `package` as the om-server's."""
     service = load_catalog().get("om-server").to_spec()
     return Ctx({"install_path": str(install), "package": str(package), "service": service})
-
 
 @pytest.mark.parametrize("bad", UNSAFE, ids=["dotdot", "symlink-up", "fifo", "through-symlink"])
 def test_the_host_refuses_a_package_with_the_control_sides_words(
@@ -50,7 +48,6 @@ def test_the_host_refuses_a_package_with_the_control_sides_words(
     assert unpacked.value.step == "extract"
     assert list(install.iterdir()) == []
 
-
 def test_the_host_unpacks_a_package_the_control_side_accepts(tmp_path: Path) -> None:
     link = member("sequoiacm-om/bin/link", tarfile.SYMTYPE, "../jars/a.jar")
     path = write_tar(tmp_path / "ok.tar.gz", [*SAFE, link])
@@ -60,7 +57,6 @@ def test_the_host_unpacks_a_package_the_control_side_accepts(tmp_path: Path) -> 
     staged = Path(stage_package(om_ctx(install, path)))
     assert (staged / "bin" / "link").read_bytes() == b"x"
 
-
 def test_members_of_the_non_service_package_may_lie_anywhere_below_its_root() -> None:
     members = [member("doc/a.txt"), member("driver", tarfile.DIRTYPE)]
     members.append(member("tools/t", tarfile.SYMTYPE, "../doc"))
@@ -69,3 +65,15 @@ def test_members_of_the_non_service_package_may_lie_anywhere_below_its_root() ->
         "link 'tools/t' -> '../../etc' leaves the package"
     )
     assert member_problem([member("/etc/x")], "") == "unsafe member '/etc/x' (absolute or '..')"
+
+def test_an_upgrade_unpacks_only_what_it_swaps_in() -> None:
+    globs = ["jars/sequoiacm-cloud-servicecenter-*.jar", "bin", "lib/*.so"]
+    assert swaps_in("sequoiacm-cloud/jars/sequoiacm-cloud-servicecenter-3.2.2.jar", "sequoiacm-cloud", globs)
+    assert swaps_in("./sequoiacm-cloud/bin/scmcloudctl.sh", "sequoiacm-cloud", globs)
+    assert swaps_in("sequoiacm-cloud/bin", "sequoiacm-cloud", globs)
+    assert swaps_in("sequoiacm-cloud/lib/native.so", "sequoiacm-cloud", globs)
+    assert not swaps_in("sequoiacm-cloud/jars/sequoiacm-cloud-gateway-3.2.2.jar", "sequoiacm-cloud", globs)
+    assert not swaps_in("sequoiacm-cloud/conf/application.properties", "sequoiacm-cloud", globs)
+    assert not swaps_in("sequoiacm-cloud", "sequoiacm-cloud", globs)
+    assert not swaps_in("other/bin/x", "sequoiacm-cloud", globs)
+    assert swaps_in("bin/x", "", globs)

@@ -9,11 +9,13 @@ from typing import Any, Dict, List, Optional, Tuple
 from .context import Ctx, Failure
 from .files import (
     copy_tree,
+    fsync_dir,
     matches,
     read_json,
     remove_path,
     require_space,
     same_tree,
+    sync_tree,
     walk_size,
     write_atomic,
 )
@@ -135,7 +137,8 @@ def op_backup(ctx: Ctx) -> Dict[str, Any]:
         }
         write_atomic(manifest_path, json.dumps(manifest, sort_keys=True).encode())
         # The copies must be on disk before the marker says they are.
-        os.sync()
+        sync_tree(files)
+        fsync_dir(os.path.dirname(os.path.abspath(backup_dir)))
         ctx.step = "mark"
         write_atomic(marker, json.dumps({"time": time.time()}).encode())
     except OSError as exc:

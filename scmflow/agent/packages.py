@@ -1,6 +1,7 @@
 """A service's package: the version on disk, and unpacking a new one to swap its files in."""
 
 import errno
+import fnmatch
 import os
 import tarfile
 from typing import Any, Dict, List, Optional, Tuple
@@ -56,18 +57,53 @@ def checked_members(ctx: Ctx, tar: tarfile.TarFile) -> Tuple[List[tarfile.TarInf
     for member in members:
         member.uid, member.gid = os.getuid(), os.getgid()
         member.uname = member.gname = ""
-        size += (member.size + 4095) // 4096 * 4096 if member.isfile() else 4096
+        size += _blocks(member)
     return members, size
 
 
-def stage_package(ctx: Ctx) -> str:
-    """Unpack the package into a fresh staging dir; the service's files inside it."""
+def _blocks(member: tarfile.TarInfo) -> int:
+    return (member.size + 4095) // 4096 * 4096 if member.isfile() else 4096
+
+
+def swaps_in(name: str, top: str, globs: List[str]) -> bool:
+    """Whether a member is, or is inside, a match of one of the globs.
+
+    fnmatch's `*` also matches `/` and leading dots, so this keeps at least every member
+    that glob matching in the staging dir can find (a few more at most, which stay unused).
+    """
+    parts = _below(name, top)
+    if not parts:
+        return False
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    return any(fnmatch.fnmatchcase(prefix, glob) for prefix in prefixes for glob in globs)
+
+
+def _below(name: str, top: str) -> Optional[List[str]]:
+    """A member's path below the dir `top` as parts ([] for `top` itself), None if not below."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    head = [p for p in top.split("/") if p not in ("", ".")]
+    if parts[: len(head)] != head:
+        return None
+    return parts[len(head):]
+
+
+def stage_package(ctx: Ctx, only: Optional[List[str]] = None) -> str:
+    """Unpack the package into a fresh staging dir; the service's files inside it.
+
+    `only`: the globs (relative to the service's dir) of what will be swapped in; members
+    outside them are not written (a package often holds several services' files).
+    """
     package = ctx.need("package")
     staging = staging_dir(ctx)
     remove_path(staging)
     try:
         with tarfile.open(package, "r:*") as tar:
             members, size = checked_members(ctx, tar)
+            top = ctx.service()["dir"]
+            has_top = any(_below(m.name, top) is not None for m in members)
+            if only is not None:
+                members = [m for m in members if swaps_in(m.name, top, only)]
+                size = sum(_blocks(m) for m in members)
             require_space(ctx, ctx.need("install_path"), size)
             os.mkdir(staging, 0o700)
             kwargs: Dict[str, Any] = {}
@@ -75,6 +111,9 @@ def stage_package(ctx: Ctx) -> str:
                 # Members are checked above; keep the same behaviour on every Python.
                 kwargs["filter"] = "fully_trusted"
             tar.extractall(staging, members=members, **kwargs)  # noqa: S202
+            if has_top and top:
+                # the service's dir, even when nothing in it is to be swapped in
+                os.makedirs(os.path.join(staging, top), exist_ok=True)
     except (tarfile.TarError, EOFError) as exc:
         remove_path(staging)
         raise Failure(f"{package}: not a readable tarball: {one_line(str(exc))}", "extract") from None
@@ -84,7 +123,6 @@ def stage_package(ctx: Ctx) -> str:
             message = f"no space left on {ctx.host}:{staging} while unpacking {package}"
             raise Failure(message, "extract") from None
         raise
-    top = ctx.service()["dir"]
     staged = os.path.join(staging, top) if top else staging
     if not os.path.isdir(staged):
         remove_path(staging)

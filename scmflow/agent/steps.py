@@ -91,12 +91,14 @@ def op_replace(ctx: Ctx) -> Dict[str, Any]:
     if manifest is None:
         raise Failure(f"refusing to replace: the backup {backup_dir} is not complete", "check-backup")
     ctx.step = "extract"
-    staged = stage_package(ctx)
+    fresh = not manifest.get("dir_existed", True)
+    # a fresh install needs all of the package (conf/ too); an upgrade only what it swaps in
+    staged = stage_package(ctx, None if fresh else list(ctx.service()["replace"]))
     try:
         ctx.step = "stop"
         stopped = stop_service(ctx)
         ctx.step = "swap"
-        moved = swap_in(ctx, staged, fresh=not manifest.get("dir_existed", True))
+        moved = swap_in(ctx, staged, fresh=fresh)
         ctx.step = "preserve"
         files = backup_paths(backup_dir)[0]
         for rel in ctx.service().get("preserve") or []:
