@@ -25,6 +25,7 @@ import msgpack
 import pytest
 
 from scmflow import sandbox
+from scmflow.agentpayload import BOOT
 from scmflow.errors import JournalError
 from scmflow.journalreader import read_journal, verify_journal
 from scmflow.outcome import INTERRUPTED, SUCCESS
@@ -282,7 +283,7 @@ def restarting_agents() -> list[int]:
     }
     found = []
     for pid, (argv, _) in processes.items():
-        if len(argv) > 5 and argv[1:3] == [b"-I", b"-c"] and b"scmflow_agent" in argv[3]:
+        if len(argv) > 5 and argv[1:3] == [b"-I", b"-c"] and argv[3] == BOOT.encode():
             if argv[5] == b"restart" or (argv[5] == b"--serve" and pid in starting):
                 found.append(pid)
     return found
