@@ -179,23 +179,46 @@ class Meters:
 NO_METERS = Meters()
 
 
-def run_measured(argv: Sequence[str], meters: Meters, **popen: Any) -> Measured:
-    """subprocess.run(argv) timed, with the machine's CPU over it, the CPU of the command (and
-    all it starts) and of the hosts, and process accounting when `meters` asks for it."""
-    command = cgroups.make_group("command")
+@dataclass
+class Block:
+    """What `measured` saw over its block; filled in when the block ends."""
+
+    preexec: Callable[[], None]
+    seconds: float = 0.0
+    machine_cpu: float = 0.0
+    command_cpu: float | None = None
+    hosts_cpu: float | None = None
+    profile: acct.Profile | None = None
+
+
+@contextmanager
+def measured(meters: Meters, name: str) -> Iterator[Block]:
+    """Time the block, with the machine's CPU over it, the CPU of the command started with
+    `preexec_fn=block.preexec` (and all it starts), the hosts' CPU, and process accounting
+    when `meters` asks for it."""
+    command = cgroups.make_group(name)
+    block = Block(functools.partial(cgroups.join, command))
     try:
         with meters.accounting() as recorder, meters.hosts_cpu() as hosts:
             busy = machine_cpu_seconds()
             started = time.monotonic()
-            done = subprocess.run(argv, preexec_fn=functools.partial(cgroups.join, command), **popen)
-            seconds = time.monotonic() - started
-            busy = machine_cpu_seconds() - busy
-        command_cpu = command.cpu_seconds() if command is not None else None
+            yield block
+            block.seconds = time.monotonic() - started
+            block.machine_cpu = machine_cpu_seconds() - busy
+        block.command_cpu = command.cpu_seconds() if command is not None else None
+        block.hosts_cpu = hosts.seconds
+        if recorder is not None:
+            block.profile = dataclasses.replace(recorder.profile, machine_cpu=block.machine_cpu)
     finally:
         if command is not None:
             command.remove()
-    profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
-    return Measured(done, seconds, busy, profile, command_cpu, hosts.seconds)
+
+
+def run_measured(argv: Sequence[str], meters: Meters, **popen: Any) -> Measured:
+    """subprocess.run(argv), measured (see `measured`)."""
+    with measured(meters, "command") as block:
+        done = subprocess.run(argv, preexec_fn=block.preexec, **popen)
+    return Measured(done, block.seconds, block.machine_cpu, block.profile, block.command_cpu, block.hosts_cpu)
 
 
 def note_profile(what: str, profile: acct.Profile | None) -> None:
@@ -315,28 +338,18 @@ def run_scm(s: Scenario, args: Sequence[str], meters: Meters = NO_METERS) -> Run
     with tempfile.TemporaryDirectory() as tmp:
         usage_file = Path(tmp) / "usage"
         argv = [TIME, "-f", "%M %U %S", "-o", str(usage_file), sys.executable, str(SCM), *args]
-        command = cgroups.make_group("scm")
-        try:
-            with meters.accounting() as recorder, meters.hosts_cpu() as hosts:
-                busy = machine_cpu_seconds()
-                started = time.monotonic()
-                with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, env=env, cwd=s.work,
-                                      preexec_fn=functools.partial(cgroups.join, command)) as proc:
-                    with sampler.sampling(scm_pid(proc.pid)) as seen:
-                        out = proc.communicate()[0]
-                seconds = time.monotonic() - started
-                busy = machine_cpu_seconds() - busy
-            command_cpu = command.cpu_seconds() if command is not None else None
-        finally:
-            if command is not None:
-                command.remove()
+        with measured(meters, "scm") as block:
+            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=env, cwd=s.work,
+                                  preexec_fn=block.preexec) as proc:
+                with sampler.sampling(scm_pid(proc.pid)) as seen:
+                    out = proc.communicate()[0]
         # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
         rss_kb, user, system = usage_file.read_text().split("\n")[-2].split()
-    profile = dataclasses.replace(recorder.profile, machine_cpu=busy) if recorder is not None else None
     return Run(
-        seconds, float(user) + float(system), int(rss_kb) / 1024, proc.returncode,
-        out.decode(errors="replace"), busy, profile, seen.usage(), command_cpu, hosts.seconds,
+        block.seconds, float(user) + float(system), int(rss_kb) / 1024, proc.returncode,
+        out.decode(errors="replace"), block.machine_cpu, block.profile, seen.usage(),
+        block.command_cpu, block.hosts_cpu,
     )
 
 
