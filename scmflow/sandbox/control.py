@@ -153,13 +153,28 @@ def _is_sandbox_process(pid: int) -> bool:
 
 
 def _terminate(pid: int) -> None:
+    started = _start_time(pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 5.0
+        # An exiting process loses its command line before it becomes a zombie, so "gone"
+        # is judged from its state, and its start time tells it from a later process.
         while time.monotonic() < deadline:
-            if not _is_sandbox_process(pid):
+            if started is None or _start_time(pid) != started:
                 return
             time.sleep(0.01)
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of a live (not zombie) process `pid`, None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields[19] if len(fields) > 19 else None
