@@ -3,8 +3,9 @@
 Every host gets its own network namespace, joined to the root namespace by a veth pair
 (10.251.N.1 on the control side, 10.251.N.2 in the host), and its own mount namespace in
 which /opt (a tmpfs) holds /opt/sequoiacm, /opt/backup and /opt/upgrade bind-mounted from
-a per-host directory on the control machine, /opt/java (a sandbox JDK 1.8.0_221, read-only)
-and a per-host /etc/profile that exports JAVA_HOME=/opt/java. OpenSSH's sshd runs in both
+a per-host directory on the control machine, /opt/java (a sandbox JDK 1.8.0_221, read-only),
+a per-host /etc/profile that exports JAVA_HOME=/opt/java, and a home of its own for root
+(a fresh ~/.bashrc from /etc/skel, not this machine's root's). OpenSSH's sshd runs in both
 namespaces, so everything started over SSH (and everything `TestHost.exec` starts) sees that
 host's network and /opt only: several hosts share one install path and one set of ports
 without colliding.
@@ -267,6 +268,7 @@ class TestHost:
     host_public_key: str
     opt_dirs: dict[str, Path]
     profile: Path
+    root_home: Path
     sshd_log: Path
     decoy_java: Path
     sshd_pid: int = 0
@@ -328,6 +330,9 @@ class TestHost:
             mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(mount_point)}")
         mounts.append("mount -o remount,bind,ro /opt/java")
         mounts.append(f"mount --bind {shlex.quote(str(self.profile))} /etc/profile")
+        # root's own home: this machine's root may run tool managers from ~/.bashrc (which
+        # bash reads when sshd starts it), and a host's root is not this machine's root.
+        mounts.append(f"mount --bind {shlex.quote(str(self.root_home))} /root")
         for folder in DECOY_DIRS:
             mounts.append(f"mkdir -p {folder}")
             mounts.append(f"mount -t tmpfs -o mode=0755,size=1m scmflow-decoy {folder}")
@@ -479,6 +484,12 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_version: s
     text = system_profile.read_text() if system_profile.exists() else ""
     profile.write_text(text + "\nexport JAVA_HOME=/opt/java\n")
     profile.chmod(0o644)
+    root_home = root / "root-home"
+    root_home.mkdir(mode=0o700)
+    skeleton = Path("/etc/skel")
+    for dotfile in (".bashrc", ".profile"):
+        if (skeleton / dotfile).is_file():
+            shutil.copy(skeleton / dotfile, root_home / dotfile)
     key_path = root / "ssh_host_ed25519_key"
     _keygen(key_path, name)
     host = TestHost(
@@ -493,6 +504,7 @@ def _prepare_host(base: Path, index: int, slot: int, netns: str, java_version: s
         host_public_key=_public_key(key_path),
         opt_dirs=opt_dirs,
         profile=profile,
+        root_home=root_home,
         sshd_log=root / "sshd.log",
         decoy_java=decoy,
     )

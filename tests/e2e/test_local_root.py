@@ -38,6 +38,6 @@ def test_accounting_records_a_process_that_ends_in_the_block(tmp_path: Path) -> 
     names = {c.name: c for c in recorder.profile.commands}
     assert names["sh"].processes >= 1
     assert names["sh"].cpu_seconds > 0
-    # switching accounting off writes a record for this process, which is not the block's
-    assert "python" not in names and "python3" not in names
+    # Accounting is machine-wide, so other processes (other test workers) may be in the
+    # profile too; that the caller's own record is left out is tested in test_bench_acct.
     assert not (tmp_path / "acct").exists()
