@@ -35,4 +35,6 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/pytest -p no:cacheprovider "$@"
+# Whole modules per worker (module fixtures run once); three workers on two cores, since the
+# end-to-end tests spend part of their time waiting on nodes, timeouts and locks.
+.venv/bin/pytest -p no:cacheprovider -n "${SCMFLOW_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -11,6 +11,26 @@ from scmflow import sandbox
 from scmflow.statuskey import ENV_VAR
 
 RELEASE_VERSIONS = ("3.1.2", "3.2.2")
+# The README's test command runs the suite on several workers (pytest-xdist, whole modules
+# per worker), which take modules in collection order: the longest end-to-end modules go
+# first, so that none of them starts last and runs on alone, and the short unit modules
+# come last to fill the gaps.
+LONGEST_MODULES = (
+    "test_crash.py", "test_rollback.py", "test_locks.py", "test_agent.py",
+    "test_status_e2e.py", "test_serving.py", "test_contract.py", "test_upgrade.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest end-to-end modules first, then the other end-to-end ones, then unit tests."""
+
+    def rank(item: pytest.Item) -> int:
+        if "e2e" not in item.path.parts:
+            return len(LONGEST_MODULES) + 1
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -257,13 +257,21 @@ def pair_states(status: Path) -> dict[tuple[str, str], str]:
     return {key: r.state for key, r in replay(read_journal(status)).items()}
 
 
-def _agent_processes() -> dict[int, tuple[list[bytes], int]]:
-    """argv and parent pid of every process on this machine (all test hosts share it)."""
+def _agent_processes(cluster: TestCluster) -> dict[int, tuple[list[bytes], int]]:
+    """argv and parent pid of every process inside one of `cluster`'s hosts.
+
+    Every test host lives on this machine, and other test runs may be starting agents of
+    their own at the same time: a process belongs to a host when it is in its network
+    namespace.
+    """
+    host_netns = {os.stat(f"/proc/{h.sshd_pid}/ns/net").st_ino for h in cluster.hosts}
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            if os.stat(entry / "ns" / "net").st_ino not in host_netns:
+                continue
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             parent = int((entry / "stat").read_bytes().rpartition(b")")[2].split()[1])
         except (OSError, IndexError, ValueError):
@@ -272,10 +280,10 @@ def _agent_processes() -> dict[int, tuple[list[bytes], int]]:
     return found
 
 
-def restarting_agents() -> list[int]:
-    """Pids of host agents in the middle of a restart step: a serving agent whose ctl child is
-    starting a node, or a one-shot agent started for `restart`."""
-    processes = _agent_processes()
+def restarting_agents(cluster: TestCluster) -> list[int]:
+    """Pids of `cluster`'s host agents in the middle of a restart step: a serving agent
+    whose ctl child is starting a node, or a one-shot agent started for `restart`."""
+    processes = _agent_processes(cluster)
     starting = {
         parent
         for argv, parent in processes.values()
@@ -396,7 +404,7 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
             )
 
         assert wait_until(restarting, 120), "the run never began host2's content-server restart"
-        assert wait_until(lambda: bool(restarting_agents()), 10), "no restart agent ran"
+        assert wait_until(lambda: bool(restarting_agents(s.cluster)), 10), "no restart agent ran"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -405,7 +413,7 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
             proc.wait()
     status = new_status_file(s, known)
     assert status is not None
-    assert restarting_agents(), "the killed run's restart agent should still be running"
+    assert restarting_agents(s.cluster), "the killed run's restart agent should still be running"
     replayed = replay(read_journal(status))
     assert replayed[(h2.address, "content-server")].in_flight == "restart"
 
@@ -419,7 +427,7 @@ def test_rollback_waits_for_the_step_a_killed_run_left_running(crash: Scenario) 
         "rollback during the orphan restart",
     )
     assert "[WARN ] Took over the run lock on" in done.stdout + done.stderr
-    assert not restarting_agents()
+    assert not restarting_agents(s.cluster)
     assert s.digests() == before, done.stdout
     assert s.running() == running
     assert pair_states(status)[(h2.address, "content-server")] == "rolled_back"
