@@ -37,18 +37,20 @@ Usage: scmsandbox.py <ctl-name> <ctl args...>     (through the ctl script and th
 
 from __future__ import annotations
 
-import glob
-import json
+import errno
 import os
-import signal
+import stat
 import sys
 import time
-from pathlib import Path
 
 # Tools call the ctl scripts many times per upgrade, so each call imports only what it needs:
-# argparse alone (re, gettext...) cost a third of a `list`, http.client more still. Options
-# are parsed by hand, health is asked over a plain socket, and socket, subprocess and fcntl
-# are imported by the commands that need them.
+# argparse alone (re, gettext...) cost a third of a `list`, http.client more still, and
+# pathlib, glob, json (all three import re) and signal (enum) together some 20 ms of a 57 ms
+# `list`. So options are parsed by hand, paths are strings, the manifests' `jars/NAME-*.jar`
+# patterns are matched by listing the directory, JSON goes to json's C scanner (load_json),
+# signals are sent by number, health is asked over a plain socket, and socket, subprocess
+# and fcntl are imported by the commands that need them. errno and stat cost nothing: one is
+# built in, os has imported the other.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
@@ -69,6 +71,12 @@ STOP_GRACE_SECONDS = 10.0
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_SLOW_SECONDS = 3.0
 MAX_ANSWER = 64 * 1024
+# The numbers POSIX fixes for `kill -15` and `kill -9`.
+SIGTERM = 15
+SIGKILL = 9
+# stat errors that pathlib's is_dir()/exists() take for "no such path" (others raise).
+MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+JSON_SPACE = " \t\n\r"  # what json skips around a value
 
 # ScmExitCode of the real tools.
 SUCCESS = 0
@@ -154,17 +162,17 @@ def number(ctl: str, option: str, text: str, kind: type[float] | type[int] = int
 class Pack:
     """One installed service directory (`<install>/<dir>`), as its manifest describes it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str) -> None:
         self.root = root
-        self.manifest: dict[str, Any] = json.loads(
-            (root / "bin" / "sandbox.json").read_text(encoding="utf-8")
+        self.manifest: dict[str, Any] = load_json(
+            read_text(os.path.join(root, "bin", "sandbox.json"))
         )
         self.services: list[dict[str, str]] = self.manifest["services"]
 
     @property
-    def install_path(self) -> Path:
+    def install_path(self) -> str:
         """The install path: the parent of every service directory."""
-        return self.root.parent
+        return os.path.dirname(self.root)
 
     @property
     def role(self) -> str:
@@ -184,7 +192,7 @@ class Pack:
         known = ", ".join(s["name"] for s in self.services)
         raise CtlError(f"unknown service '{name}' (this tool handles: {known})", INVALID_ARG)
 
-    def jar(self, service: dict[str, str]) -> Path:
+    def jar(self, service: dict[str, str]) -> str:
         """The one jar of `service`; CtlError when the glob matches none or several."""
         return single_match(self.root, service["version_file"])
 
@@ -208,19 +216,19 @@ class Node:
         return f"{listed_name(self.service)}({self.port})"
 
     @property
-    def conf_file(self) -> Path:
+    def conf_file(self) -> str:
         """The node's application.properties (it need not exist)."""
-        return self.pack.root / "conf" / self.service["name"] / str(self.port) / PROPERTIES
+        return os.path.join(self.pack.root, "conf", self.service["name"], str(self.port), PROPERTIES)
 
     @property
-    def run_dir(self) -> Path:
+    def run_dir(self) -> str:
         """Where the node's pid file and log live (under `log/`, never replaced)."""
-        return self.pack.root / "log" / self.service["name"] / str(self.port)
+        return os.path.join(self.pack.root, "log", self.service["name"], str(self.port))
 
     @property
-    def pid_file(self) -> Path:
+    def pid_file(self) -> str:
         """The node's pid file."""
-        return self.run_dir / "node.pid"
+        return os.path.join(self.run_dir, "node.pid")
 
     def pid(self) -> int | None:
         """The pid of the live node process, or None when the node is stopped."""
@@ -236,7 +244,7 @@ class Node:
         The config path is compared from the pack's directory on, so a node started through
         another path to the same install (moved, bind-mounted) is still this node.
         """
-        tail = f"/{self.pack.root.name}/conf/{self.service['name']}/{self.port}/{PROPERTIES}"
+        tail = f"/{os.path.basename(self.pack.root)}/conf/{self.service['name']}/{self.port}/{PROPERTIES}"
         here = f"{CONFIG_OPTION}{self.conf_file}"
         return "-jar" in argv and any(
             arg == here or (arg.startswith(CONFIG_OPTION) and arg.endswith(tail)) for arg in argv
@@ -250,7 +258,7 @@ def main(argv: Sequence[str]) -> int:
         return INVALID_ARG
     ctl, args = argv[0], list(argv[1:])
     try:
-        pack = Pack(Path(__file__).resolve().parent.parent)
+        pack = Pack(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
         if jvm_fails(pack):
             sys.stderr.write(JVM_FAILURE_TEXT)
             return JVM_FAILURE
@@ -266,7 +274,7 @@ def main(argv: Sequence[str]) -> int:
 
 def jvm_fails(pack: Pack) -> bool:
     """Whether a jvm-fail switch of one of the pack's services applies to this call."""
-    if not (pack.install_path / FAULTS_DIR).is_dir():
+    if not is_dir(os.path.join(pack.install_path, FAULTS_DIR)):
         return False
     return any(
         Faults(pack.install_path, s["name"], pack.version).active("jvm-fail") is not None
@@ -321,8 +329,11 @@ def all_nodes(pack: Pack) -> list[Node]:
     """Every configured node of the pack, in manifest order then port order."""
     nodes: list[Node] = []
     for service in pack.services:
-        conf = pack.root / "conf" / service["name"]
-        ports = sorted(int(p.name) for p in conf.glob("*") if p.is_dir() and p.name.isdigit())
+        conf = os.path.join(pack.root, "conf", service["name"])
+        ports = sorted(
+            int(name) for name in dir_names(conf)
+            if is_dir(os.path.join(conf, name)) and name.isdigit()
+        )
         nodes.extend(Node(pack, service, port) for port in ports)
     return nodes
 
@@ -371,14 +382,14 @@ def start_node(node: Node, timeout: float) -> None:
     if faults.active("start-fail") is not None:
         raise CtlError(f"failed to start {node.label}: injected start failure")
     slow = faults.active("start-slow")
-    node.run_dir.mkdir(parents=True, exist_ok=True)
-    log = node.run_dir / "node.log"
+    make_dirs(node.run_dir)
+    log = os.path.join(node.run_dir, "node.log")
     argv = ["nohup", "java", *JVM_OPTIONS]
     if slow:
         argv.append(f"-D{DELAY_PROPERTY}={slow:g}")
     if faults.active("health-down") is not None:
         argv.append(f"-D{HEALTH_DOWN_PROPERTY}=true")
-    argv += ["-jar", str(jar), f"{CONFIG_OPTION}{node.conf_file}"]
+    argv += ["-jar", jar, f"{CONFIG_OPTION}{node.conf_file}"]
     proc = spawn_detached(argv, cwd=node.pack.root, log=log)
     write_pid(node.pid_file, proc.pid)
     deadline = time.monotonic() + timeout
@@ -447,7 +458,7 @@ def node_up(port: int, pid: int) -> bool:
     if len(status) < 2 or status[1] != b"200":
         return False
     try:
-        health = json.loads(body)
+        health = load_json(body)
     except ValueError:
         return False
     return isinstance(health, dict) and health.get("status") == "UP" and health.get("pid") == pid
@@ -492,13 +503,13 @@ class Daemon:
         self.pack = pack
         self.service = pack.services[0]
         self.name = listed_name(self.service)
-        self.crontab = pack.root / "conf" / ".crontab.properties"
-        self.pid_file = pack.root / "log" / "scmd.pid"
+        self.crontab = os.path.join(pack.root, "conf", ".crontab.properties")
+        self.pid_file = os.path.join(pack.root, "log", "scmd.pid")
 
     def command(self) -> list[str] | None:
         """The command of the `linuxCron` line (between `nohup` and `>`), or None."""
         try:
-            text = self.crontab.read_text(encoding="utf-8")
+            text = read_text(self.crontab)
         except OSError:
             return None
         for line in text.splitlines():
@@ -530,13 +541,13 @@ class Daemon:
         slow = faults.active("start-slow")
         if slow:
             time.sleep(slow)
-        script = Path(__file__).resolve().parent / "scmdaemon.py"
-        command = [sys.executable, str(script), "--jar", str(jar)]
+        script = os.path.join(os.path.dirname(os.path.realpath(__file__)), "scmdaemon.py")
+        command = [sys.executable, script, "--jar", jar]
         if any(" " in word for word in command):
             raise CtlError("the daemon's paths must not contain spaces (crontab line)")
-        self.crontab.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(os.path.dirname(self.crontab))
         line = f"linuxCron=* * * * * nohup {' '.join(command)} > /dev/null 2>&1 &\n"
-        self.crontab.write_text(line, encoding="utf-8")
+        write_text(self.crontab, line)
         proc = spawn_detached(command, cwd=self.pack.root, log=None)
         write_pid(self.pid_file, proc.pid)
         sys.stdout.write(f"Success: {self.name} is successfully started ({proc.pid})\n")
@@ -548,7 +559,7 @@ class Daemon:
             if faults.active("stop-fail") is not None:
                 raise CtlError(f"failed to stop {self.name}: injected stop failure")
         self._kill_stale()
-        self.crontab.unlink(missing_ok=True)
+        unlink(self.crontab)
         sys.stdout.write(f"Success: {self.name} is stopped\n")
 
     def _kill_stale(self) -> None:
@@ -577,8 +588,8 @@ def ctl_systools(pack: Pack, ctl: str, args: list[str]) -> int:
     if args != ["list"]:
         raise CtlError(f"{ctl}: give -v or list", INVALID_ARG)
     nodes: list[Node] = []
-    for manifest in sorted(pack.install_path.glob("*/bin/sandbox.json")):
-        other = Pack(manifest.parent.parent)
+    for root in pack_roots(pack.install_path):
+        other = Pack(root)
         if other.role == "nodes":
             nodes.extend(all_nodes(other))
     return list_nodes(nodes, running_only=False, long=False)
@@ -596,16 +607,16 @@ class Faults:
     concurrent ctl calls never both take the last one.
     """
 
-    def __init__(self, install_path: Path, service: str, version: str | None) -> None:
-        self.dir = install_path / FAULTS_DIR
+    def __init__(self, install_path: str, service: str, version: str | None) -> None:
+        self.dir = os.path.join(install_path, FAULTS_DIR)
         self.service = service
         self.version = version
 
     def active(self, kind: str) -> float | None:
         """The switch's seconds (a default when unset) when it applies now, else None."""
-        path = self.dir / f"{self.service}.{kind}"
+        path = os.path.join(self.dir, f"{self.service}.{kind}")
         try:
-            words = path.read_text(encoding="utf-8").split()
+            words = read_text(path).split()
         except OSError:
             return None
         if not self._applies(words):
@@ -620,12 +631,12 @@ class Faults:
     def _applies(self, words: list[str]) -> bool:
         return bool(words) and words[0] in ("*", self.version)
 
-    def _take_one(self, path: Path) -> bool:
+    def _take_one(self, path: str) -> bool:
         """Take one of the switch's remaining times; False when none is left."""
         import fcntl
 
         try:
-            handle = path.open("r+", encoding="utf-8")
+            handle = open(path, "r+", encoding="utf-8")
         except OSError as exc:
             raise CtlError(f"cannot count down fault switch {path}: {exc}") from exc
         with handle:
@@ -661,20 +672,95 @@ def _settings(words: list[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- shared helpers
 
 
-def single_match(root: Path, pattern: str) -> Path:
+def single_match(root: str, pattern: str) -> str:
     """The one file matching `pattern` under `root`; CtlError otherwise."""
-    found = sorted(glob.glob(str(root / pattern)))
+    found = glob_sorted(root, pattern)
     if len(found) != 1:
-        names = ", ".join(Path(f).name for f in found) or "none"
+        names = ", ".join(os.path.basename(f) for f in found) or "none"
         code = FILE_NOT_FIND if not found else SYSTEM_ERROR
-        raise CtlError(f"expected exactly one {root.name}/{pattern}, found: {names}", code)
-    return Path(found[0])
+        raise CtlError(
+            f"expected exactly one {os.path.basename(root)}/{pattern}, found: {names}", code
+        )
+    return found[0]
 
 
-def jar_version(jar: Path) -> str:
+def glob_sorted(root: str, pattern: str) -> list[str]:
+    """`sorted(glob.glob(str(Path(root) / pattern)))`.
+
+    The manifests' patterns (`jars/NAME-*.jar`: one `*`, in the last part, nothing for
+    pathlib to normalise) are matched here as glob does: the names in the directory, those
+    starting with `.` only when the pattern does. Any other pattern goes to glob itself.
+    """
+    *dirs, name = pattern.split("/")
+    head, star, rest = name.partition("*")
+    plain = star and not any(c in part for part in (root, *dirs, head, rest) for c in "*?[")
+    if not plain or "" in dirs or "." in dirs:
+        import glob
+        from pathlib import Path
+
+        return sorted(glob.glob(str(Path(root) / pattern)))
+    folder = os.path.join(root, *dirs)
+    names: list[str] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                names.append(entry.name)
+    except OSError:
+        pass
+    return sorted(
+        os.path.join(folder, n) for n in names
+        if n.startswith(head) and n.endswith(rest) and len(n) >= len(head) + len(rest)
+        and (head.startswith(".") or not n.startswith("."))
+    )
+
+
+class _JsonContext:
+    """What json.loads' decoder hands the C scanner: json.JSONDecoder()'s defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {
+        "-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan"),
+    }.__getitem__
+
+
+def load_json(data: str | bytes) -> Any:
+    """`json.loads(data)`, without importing json for plain JSON.
+
+    Every call reads its pack's manifest, and `import json` costs about as much as the rest
+    of a `list` (json.decoder compiles regular expressions, so it imports re). So the text
+    goes to the C scanner that json.loads itself uses, set up as json.loads sets it up;
+    whatever that does not take whole (or a Python without _json) goes to json.loads, so
+    values and errors are json's own.
+    """
+    try:
+        from _json import make_scanner
+
+        if isinstance(data, str):
+            text = data
+        elif data[:1] not in (b"\0", b"\xef", b"\xfe", b"\xff") and data[1:2] != b"\0":
+            # what json.loads decodes as UTF-8 (no BOM, not UTF-16/32)
+            text = data.decode("utf-8", "surrogatepass")
+        else:
+            text = ""  # refused by the scanner: json.loads decodes it
+        start = len(text) - len(text.lstrip(JSON_SPACE))
+        value, end = make_scanner(_JsonContext)(text, start)  # type: ignore[arg-type]
+        if not text[end:].strip(JSON_SPACE):
+            return value
+    except Exception:  # noqa: S110 - json.loads below gives json's own answer
+        pass
+    import json
+
+    return json.loads(data)
+
+
+def jar_version(jar: str) -> str:
     """The version written in a sandbox jar's header line."""
     try:
-        with jar.open("rb") as f:
+        with open(jar, "rb") as f:
             head = f.readline(512).decode("utf-8", "replace").split()
     except OSError as exc:
         raise CtlError(f"cannot read {jar}: {exc}", FILE_NOT_FIND) from exc
@@ -683,7 +769,7 @@ def jar_version(jar: Path) -> str:
     return head[2]
 
 
-def spawn_detached(argv: list[str], *, cwd: Path, log: Path | None) -> subprocess.Popen[bytes]:
+def spawn_detached(argv: list[str], *, cwd: str, log: str | None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with no inherited stdio, so an SSH exec can return."""
     import subprocess
     if log is None:
@@ -692,7 +778,7 @@ def spawn_detached(argv: list[str], *, cwd: Path, log: Path | None) -> subproces
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             start_new_session=True, close_fds=True,
         )
-    with log.open("ab") as sink:
+    with open(log, "ab") as sink:
         return subprocess.Popen(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
@@ -707,19 +793,20 @@ def is_daemon_argv(argv: list[str]) -> bool:
 def live_cmdline(pid: int) -> list[str] | None:
     """argv of a live (not zombie) process, or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = read_text(f"/proc/{pid}/stat", errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
     except OSError:
         return None
-    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]) or not raw:
+    if state.rpartition(")")[2].split()[:1] in (["Z"], ["X"]) or not raw:
         return None
     return raw.decode("utf-8", "replace").rstrip("\0").split("\0")
 
 
 def terminate(pid: int, *, grace: float) -> None:
     """SIGTERM, wait up to `grace` seconds, then SIGKILL; return once the process is gone."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if grace == 0.0 and sig == signal.SIGTERM:
+    for sig, wait in ((SIGTERM, grace), (SIGKILL, 5.0)):
+        if grace == 0.0 and sig == SIGTERM:
             continue
         try:
             os.kill(pid, sig)
@@ -740,34 +827,132 @@ def wait_until(done: Callable[[], bool], seconds: float) -> bool:
     return True
 
 
-def read_pid(path: Path) -> int | None:
+def read_pid(path: str) -> int | None:
     """The pid in a pid file, or None."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_text(path).strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
 
 
-def write_pid(path: Path, pid: int) -> None:
+def write_pid(path: str, pid: int) -> None:
     """Write a pid file (under `log/`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{pid}\n", encoding="utf-8")
+    make_dirs(os.path.dirname(path))
+    write_text(path, f"{pid}\n")
 
 
-def remove_pid(path: Path, pid: int | None) -> None:
+def remove_pid(path: str, pid: int | None) -> None:
     """Remove a pid file; with `pid`, only when it still names that process."""
     if pid is None or read_pid(path) == pid:
-        path.unlink(missing_ok=True)
+        unlink(path)
 
 
-def tail(log: Path, lines: int = 3) -> str:
+def tail(log: str, lines: int = 3) -> str:
     """The last lines of a log, joined for a one-line message."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = read_text(log, errors="replace")
     except OSError:
         return "no log"
     return " | ".join(text.strip().splitlines()[-lines:]) or "empty log"
+
+
+# ---------------------------------------------------------------- paths: pathlib's answers
+
+# This tool used pathlib; these helpers keep its answers and errors (the same exceptions,
+# naming the same paths), so no message or exit code changed with the move to strings.
+
+
+def read_text(path: str, errors: str | None = None) -> str:
+    """The file's text (UTF-8)."""
+    with open(path, encoding="utf-8", errors=errors) as f:
+        return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace the file's text (UTF-8)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def unlink(path: str) -> None:
+    """Remove a file; a missing one is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def stat_mode(path: str) -> int | None:
+    """The path's st_mode; None where pathlib's is_dir() and exists() say False."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno not in MISSING_ERRNOS:
+            raise
+    except ValueError:
+        pass
+    return None
+
+
+def is_dir(path: str) -> bool:
+    """`Path(path).is_dir()`."""
+    mode = stat_mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+def make_dirs(path: str, *, parents: bool = True) -> None:
+    """`Path(path).mkdir(parents=True, exist_ok=True)`, failing as it does."""
+    try:
+        os.mkdir(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if not parents or parent == path:
+            raise
+        make_dirs(parent)
+        make_dirs(path, parents=False)
+    except OSError:
+        if not is_dir(path):
+            raise
+
+
+def dir_names(path: str) -> list[str]:
+    """The names `Path(path).glob("*")` yields (hidden ones too), in directory order."""
+    if not is_dir(path):
+        return []
+    try:
+        with os.scandir(path) as entries:
+            return [entry.name for entry in entries]
+    except PermissionError:
+        return []
+
+
+def pack_roots(install_path: str) -> list[str]:
+    """The `<install>/<dir>` that `sorted(Path(install_path).glob("*/bin/sandbox.json"))`
+    finds, in that order."""
+    found: list[str] = []
+    if not is_dir(install_path):
+        return found
+    try:
+        with os.scandir(install_path) as listing:
+            entries = list(listing)
+        for entry in entries:
+            try:
+                if not entry.is_dir():
+                    continue
+            except OSError as exc:
+                if exc.errno not in MISSING_ERRNOS:
+                    raise
+                continue
+            bin_dir = os.path.join(install_path, entry.name, "bin")
+            try:
+                if is_dir(bin_dir) and stat_mode(os.path.join(bin_dir, "sandbox.json")) is not None:
+                    found.append(entry.name)
+            except PermissionError:
+                pass
+    except PermissionError:
+        pass
+    return [os.path.join(install_path, name) for name in sorted(found)]
 
 
 if __name__ == "__main__":
