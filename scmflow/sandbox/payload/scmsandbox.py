@@ -805,6 +805,10 @@ def live_cmdline(pid: int) -> list[str] | None:
 
 def terminate(pid: int, *, grace: float) -> None:
     """SIGTERM, wait up to `grace` seconds, then SIGKILL; return once the process is gone."""
+    # An exiting process loses its command line before it closes its files (its listening
+    # socket among them) and becomes a zombie: "gone" is judged from its state, and its
+    # start time tells it from a later process given the same pid.
+    started = start_time(pid)
     for sig, wait in ((SIGTERM, grace), (SIGKILL, 5.0)):
         if grace == 0.0 and sig == SIGTERM:
             continue
@@ -812,9 +816,20 @@ def terminate(pid: int, *, grace: float) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        if wait_until(lambda: live_cmdline(pid) is None, wait):
+        if wait_until(lambda: started is None or start_time(pid) != started, wait):
             return
     raise CtlError(f"process {pid} did not exit")
+
+
+def start_time(pid: int) -> str | None:
+    """The start time of a live (not zombie) process `pid`, None when there is none."""
+    try:
+        fields = read_text(f"/proc/{pid}/stat", errors="replace").rpartition(")")[2].split()
+    except OSError:
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields[19] if len(fields) > 19 else None
 
 
 def wait_until(done: Callable[[], bool], seconds: float) -> bool:
