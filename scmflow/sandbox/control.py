@@ -11,6 +11,7 @@ from pathlib import Path
 
 from scmflow.catalog import load_catalog
 from scmflow.sandbox.errors import SandboxError
+from scmflow.sandbox.payload.scmsandbox import start_time
 from scmflow.sandbox.topology import Topology, check_topology
 
 # run(argv, env): run one command where the caller decides (locally, or on a test host);
@@ -153,7 +154,7 @@ def _is_sandbox_process(pid: int) -> bool:
 
 
 def _terminate(pid: int) -> None:
-    started = _start_time(pid)
+    started = start_time(pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.kill(pid, sig)
@@ -161,20 +162,10 @@ def _terminate(pid: int) -> None:
             return
         deadline = time.monotonic() + 5.0
         # An exiting process loses its command line before it becomes a zombie, so "gone"
-        # is judged from its state, and its start time tells it from a later process.
+        # is judged from its state, and its start time tells it from a later process: the
+        # ctl tool's own test, so the control side and the hosts judge a node gone alike.
         while time.monotonic() < deadline:
-            if started is None or _start_time(pid) != started:
+            if started is None or start_time(pid) != started:
                 return
             time.sleep(0.01)
 
-
-def _start_time(pid: int) -> str | None:
-    """The start time of a live (not zombie) process `pid`, None when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return fields[19] if len(fields) > 19 else None
