@@ -192,6 +192,19 @@ def test_hosts_put_a_wrong_java_first_on_path(journey: Journey) -> None:
         assert profile.stdout.strip() == str(INSIDE_JAVA)
 
 
+def test_hosts_root_has_a_home_of_its_own(journey: Journey) -> None:
+    # bash started by sshd reads ~/.bashrc: this machine's root's (tool managers, PATH
+    # changes) must not run on, or change the python3 of, a host's root.
+    skeleton = Path("/etc/skel/.bashrc")
+    for host in journey.hosts:
+        inside = host.exec(["stat", "-c", "%d:%i", "/root"]).stdout.strip()
+        st = Path("/root").stat()
+        assert inside != f"{st.st_dev}:{st.st_ino}"
+        if skeleton.is_file():
+            bashrc = host.exec(["cat", "/root/.bashrc"]).stdout
+            assert bashrc == skeleton.read_text()
+
+
 def test_sandbox_is_installed_as_real_installs_with_a_group(journey: Journey) -> None:
     uid = pwd.getpwnam(INSTALL_USER).pw_uid
     for host in journey.hosts:
