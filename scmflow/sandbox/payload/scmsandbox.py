@@ -616,7 +616,7 @@ class Faults:
         """The switch's seconds (a default when unset) when it applies now, else None."""
         path = os.path.join(self.dir, f"{self.service}.{kind}")
         try:
-            words = read_text(path).split()
+            words = _read_switch(path).split()
         except OSError:
             return None
         if not self._applies(words):
@@ -655,6 +655,19 @@ class Faults:
             handle.write(" ".join([words[0], *rest, f"times={left - 1}"]) + "\n")
             handle.flush()
         return True
+
+
+def _read_switch(path: str) -> str:
+    """A switch's text, read under a shared flock.
+
+    A concurrent `_take_one` rewrites the file in place under its exclusive flock; without
+    the lock, a read could land between its truncate and its write and see no switch.
+    """
+    import fcntl
+
+    with open(path, encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        return handle.read()
 
 
 def _settings(words: list[str]) -> dict[str, str]:
