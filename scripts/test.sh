@@ -36,5 +36,7 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
 # Whole modules per worker (module fixtures run once); three workers on two cores, since the
-# end-to-end tests spend part of their time waiting on nodes, timeouts and locks.
-.venv/bin/pytest -p no:cacheprovider -n "${SCMFLOW_TEST_WORKERS:-3}" --dist loadfile "$@"
+# end-to-end tests spend part of their time waiting on nodes, timeouts and locks. Modules
+# go out in collection order, longest first (tests/conftest.py); xdist would otherwise
+# sort them by their number of tests, and a long module could start last and run alone.
+.venv/bin/pytest -p no:cacheprovider -n "${SCMFLOW_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

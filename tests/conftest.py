@@ -16,8 +16,10 @@ RELEASE_VERSIONS = ("3.1.2", "3.2.2")
 # first, so that none of them starts last and runs on alone, and the short unit modules
 # come last to fill the gaps.
 LONGEST_MODULES = (
-    "test_crash.py", "test_rollback.py", "test_locks.py", "test_agent.py",
-    "test_status_e2e.py", "test_serving.py", "test_contract.py", "test_upgrade.py",
+    "test_crash.py", "test_rollback.py", "test_agent.py", "test_locks.py",
+    "test_status_e2e.py", "test_upgrade.py", "test_contract.py", "test_serving.py",
+    "test_hooks_e2e.py", "test_secrets.py", "test_demo.py", "test_ctl_failures.py",
+    "test_faults.py", "test_root_safety.py", "test_status_trust.py", "test_fidelity.py",
 )
 
 

@@ -311,9 +311,11 @@ def test_nodes_start_list_answer_health_and_stop(host: Host) -> None:
 
 def test_single_node_start_is_fast(host: Host) -> None:
     started = time.monotonic()
-    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "10", "-p", str(host.gw))
+    out = host.ctl(f"{CLOUD}/bin/scmcloudctl.sh", "start", "--timeout", "30", "-p", str(host.gw))
     assert out.returncode == 0, out.stderr
-    assert time.monotonic() - started < 1.5
+    # returns once the node listens, not after the timeout (the bound is loose: a busy
+    # machine may run three test workers on two cores)
+    assert time.monotonic() - started < 10
 
 
 def _http(port: int, request: bytes) -> bytes:
