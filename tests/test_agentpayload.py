@@ -1,4 +1,4 @@
-"""The agent as it travels: one zip of the package, inlined in the command line, run from memory."""
+"""The agent as it travels: the package's sources inlined in the command line, run from memory."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def test_the_bundle_is_the_same_bytes_for_the_same_sources() -> None:
 def test_the_command_line_carries_the_bundle_and_nothing_is_written(tmp_path: Path) -> None:
     argv = agent_argv("exists", {"paths": ["/"]})
     assert argv[:4] == [*PYTHON, BOOT] and argv[5:] == ["exists", '{"paths": ["/"]}']
-    assert zlib.decompress(base64.b64decode(argv[4])) == bundle()
+    carried = json.loads(zlib.decompress(base64.b64decode(argv[4])))
+    assert carried == {name: data.decode() for name, data in bundle_sources().items()}
     assert serve_argv() == [*PYTHON, BOOT, argv[4], "--serve"]
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert parse_agent_output(done.stdout) == {"ok": True, "exists": ["/"]}
@@ -76,3 +77,21 @@ def test_a_failing_op_shows_the_bundled_source_in_its_trace() -> None:
     assert reply["ok"] is False and reply["error"].startswith("KeyError")
     assert '"<agent>/scmflow/agent/operations.py"' in reply["trace"]
     assert "reply.update(handler(ctx))" in reply["trace"]
+
+
+def test_a_one_shot_agent_imports_no_more_than_it_needs() -> None:
+    # A one-shot agent's start is most of its cost: BOOT, and an op that handles no package,
+    # node or health check, import none of the modules those need. What the interpreter
+    # loaded before BOOT (site, .pth files) is not BOOT's doing.
+    prefix = (
+        "import sys; before = set(sys.modules); sys.argv = sys.argv[1:]\n"
+        "sys.exit = lambda code: print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    argv = agent_argv("exists", {"paths": ["/"]})
+    done = subprocess.run([*argv[:3], prefix + argv[3], *argv[3:]], capture_output=True,
+                          text=True, timeout=60)
+    loaded = set(done.stdout.splitlines()[-1].split())
+    assert {"json", "scmflow.agent.operations", "scmflow.agent.locks"} <= loaded, loaded
+    heavy = {"zipfile", "importlib.abc", "base64", "socket", "hashlib", "traceback", "tarfile",
+             "scmflow.agent.steps", "scmflow.agent.packages", "scmflow.agent.health"}
+    assert loaded & heavy == set()

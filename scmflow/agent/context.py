@@ -1,7 +1,6 @@
 """One op on the host: its spec, the environment its commands run in, and how it fails."""
 
 import os
-import socket
 import time
 from typing import Any, Callable, Dict
 
@@ -23,7 +22,8 @@ class Ctx:
     def __init__(self, spec: Dict[str, Any]) -> None:
         self.spec = spec
         self.step = "start"
-        self.host = socket.gethostname()
+        # gethostname(2) is uname's nodename; os spares a one-shot agent importing socket
+        self.host = os.uname().nodename
         self.env = dict(os.environ)
         # The control side names the JDK in the spec (probe) or as JAVA_HOME (every step).
         java_home = spec.get("java_home") or self.env.get("JAVA_HOME")

@@ -2,7 +2,6 @@
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import stat
@@ -150,6 +149,8 @@ def _lock_holder(raw: bytes) -> Dict[str, Any]:
 
 def _lock_digest(raw: bytes) -> str:
     """What a takeover compares: the exact record, so a newer holder never matches."""
+    import hashlib  # here: OpenSSL's start is a cost every other op would pay
+
     return hashlib.sha256(raw).hexdigest()
 
 

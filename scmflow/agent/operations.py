@@ -8,7 +8,6 @@ health checks or node control it never uses.
 import importlib
 import json
 import os
-import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .context import Ctx, Failure, one_line
@@ -57,6 +56,8 @@ def run_op(op: str, raw: Any) -> Dict[str, Any]:
     except Failure as exc:
         reply = {"ok": False, "error": one_line(exc.message), "step": exc.step or _step(ctx)}
     except BaseException as exc:  # noqa: B036 - the control machine must always get a reply
+        import traceback  # here: only a failing op pays for it
+
         message = one_line(f"{type(exc).__name__}: {exc}")
         reply = {"ok": False, "error": message, "step": _step(ctx), "trace": traceback.format_exc()}
     finally:
