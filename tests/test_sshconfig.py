@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -357,3 +358,20 @@ def test_hosts_behind_an_unreachable_bastion_share_one_error_line(tmp_path: Path
         f"cannot connect to 2 of 2 hosts: [db1, db2] through bastion gate: [gate] connection refused "
         f"on 127.0.0.1 port {port} (is sshd running there?)"
     )
+
+
+def test_the_command_line_leaves_paramiko_no_way_to_run_match_exec(tmp_path: Path) -> None:
+    # Behind the refusal above: in the command line's process paramiko has no invoke, so a
+    # Match exec line that reached paramiko's own lookup would fail rather than run.
+    marker = tmp_path / "ran"
+    code = (
+        "import scmflow.cli, paramiko\n"
+        f"config = paramiko.SSHConfig.from_text('Match exec \"touch {marker}\"\\n  Port 2222\\n')\n"
+        "try:\n"
+        "    config.lookup('db1')\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', type(exc).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "refused: ModuleNotFoundError\n", done.stderr
+    assert not marker.exists()
