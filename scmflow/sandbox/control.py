@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scmflow.catalog import load_catalog
 from scmflow.sandbox.errors import SandboxError
-from scmflow.sandbox.payload.scmsandbox import start_time
+from scmflow.sandbox.payload.scmsandbox.procs import start_time
 from scmflow.sandbox.topology import Topology, check_topology
 
 # run(argv, env): run one command where the caller decides (locally, or on a test host);
@@ -22,7 +22,7 @@ RunFn = Callable[[list[str], dict[str, str]], None]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _COMMAND_TIMEOUT = 120.0
 # Files whose process is a sandbox process: nodes run the JDK's JVM, the daemon its script.
-_SANDBOX_PROGRAMS = (b"/sandboxjvm.py", b"/scmsandbox.py", b"/scmdaemon.py")
+_SANDBOX_PROGRAMS = (b"/sandboxjvm.py", b"/scmsandbox", b"/scmdaemon.py")
 
 
 def java_env(java_home: Path) -> dict[str, str]:

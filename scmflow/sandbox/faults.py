@@ -3,7 +3,7 @@
 They live in `<install_path>/.sandbox-faults/`, outside every directory an upgrade
 replaces, so a replace or a restore cannot delete them. One file per switch,
 `<service>.<kind>`, holding `VERSION [seconds=S] [times=N]` (read by the ctl tool,
-payload/scmsandbox.py):
+payload/scmsandbox/faults.py):
 
   start-fail  `<ctl> start` of the service's nodes fails (exit 8), nothing is started
   stop-fail   `<ctl> stop` of the service's running nodes fails (exit 8), they keep running

@@ -11,7 +11,7 @@ from scmflow.catalog import Catalog, Service, compare_versions
 
 JAR_MAGIC = "SEQUOIACM-SANDBOX-JAR"
 SYSTOOLS_CTL = "scmsysctl.sh"
-NODE_HELPER = "scmsandbox.py"
+NODE_HELPER = "scmsandbox"  # a package directory
 DAEMON_HELPER = "scmdaemon.py"
 TOP_PY = "release_info.py"
 _PAYLOAD = Path(__file__).resolve().parent / "payload"
@@ -135,7 +135,10 @@ def _bin_files(pack: Pack, version: str) -> dict[str, FileSpec]:
     }
     files = {
         f"bin/{pack.ctl}": FileSpec(wrapper(pack, version).encode(), 0o755),
-        f"bin/{NODE_HELPER}": FileSpec((_PAYLOAD / NODE_HELPER).read_bytes(), 0o755),
+        **{
+            f"bin/{NODE_HELPER}/{module.name}": FileSpec(module.read_bytes())
+            for module in sorted((_PAYLOAD / NODE_HELPER).glob("*.py"))
+        },
         "bin/sandbox.json": FileSpec((json.dumps(manifest, indent=2) + "\n").encode()),
     }
     if pack.role == "daemon":

@@ -42,6 +42,7 @@ from scmflow.sandbox import (
     tree_digest,
 )
 from scmflow.sandbox.control import SYSTEM_PATH
+from scmflow.sandbox.payload import scmsandbox as ctl_package
 
 OLD, NEW = "3.1.2", "3.2.2"
 CLOUD = "sequoiacm-cloud"
@@ -77,7 +78,8 @@ class Host:
         As the vendor's upgrader does, JAVA_HOME is set and its bin/ comes first on PATH,
         unless `path` gives the whole PATH.
         """
-        env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+        # nor does a host's login environment keep Python from writing bytecode
+        env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PYTHONDONTWRITEBYTECODE")}
         if java:
             env["JAVA_HOME"] = str(self.jdk)
         env["PATH"] = path if path is not None else f"{self.jdk}/bin:{SYSTEM_PATH}"
@@ -826,3 +828,18 @@ def _wait(done: Callable[[], bool], seconds: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_the_ctl_tool_is_its_package_and_a_call_writes_no_bytecode(host: Host) -> None:
+    # The tool ships as bin/scmsandbox/, the package's modules as they are here; running
+    # it imports them, and an import that cached bytecode would change the install's tree.
+    package = Path(ctl_package.__file__).parent
+    shipped = host.path / CLOUD / "bin" / "scmsandbox"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in package.glob("*.py"))
+    assert all((shipped / p.name).read_bytes() == p.read_bytes() for p in package.glob("*.py"))
+    cloud = f"{CLOUD}/bin/scmcloudctl.sh"
+    for args in (("list", "-m", "local"), ("start", "-p", str(host.gw)), ("stop", "-p", str(host.gw))):
+        assert host.ctl(cloud, *args).returncode == 0, args
+    for command, code in (("start", 0), ("status", 0), ("stop", 0), ("status", 1)):
+        assert host.ctl("daemon/bin/scmd.sh", command).returncode == code, command
+    assert list(host.path.rglob("__pycache__")) == []

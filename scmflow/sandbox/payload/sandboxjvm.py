@@ -8,8 +8,9 @@ A sandbox jar holds no bytecode, only a header (`SEQUOIACM-SANDBOX-JAR artifact 
 then `Main-Class: ...`), so what a jar "runs" is decided here:
   - a jar whose Main-Class is Spring Boot's JarLauncher is a SequoiaCM service: it runs as a
     node (see `run_node`) configured by `--spring.config.location=<application.properties>`;
-  - `-Dsandbox.program=FILE` runs the Python program FILE with the jar's arguments instead
-    (the ctl scripts run their tools jar this way, with the tool's code from their bin/).
+  - `-Dsandbox.program=FILE` runs the Python program FILE (a file, or a package directory
+    as `python -m` runs one) with the jar's arguments instead (the ctl scripts run their
+    tools jar this way, with the tool's code from their bin/).
 Anything else fails the way a JVM fails: `Error: Unable to access jarfile X`,
 `Error: Invalid or corrupt jarfile X`, `no main manifest attribute, in X`, exit 1.
 
@@ -115,13 +116,24 @@ def read_manifest(jar: str) -> tuple[str, str]:
 
 def run_program(program: str, args: list[str]) -> int:
     """Run the Python file `program` as __main__ with `args`, in this process (no second
-    interpreter start: the ctl scripts are called often)."""
+    interpreter start: the ctl scripts are called often).
+
+    A package directory runs as `python -m` runs one: its `__main__.py`, whose relative
+    imports find the package's modules beside it. No bytecode is written: a tool run must
+    leave no file anywhere (the tool lives in the install's bin/).
+    """
+    package = os.path.isdir(program)
+    main = os.path.join(program, "__main__.py") if package else program
     try:
-        code = load_program(program)
+        code = load_program(main)
     except OSError:
         raise JvmError(f"Error: Could not find or load main class ({program})") from None
+    namespace = {"__name__": "__main__", "__file__": main, "__builtins__": __builtins__}
+    if package:
+        sys.dont_write_bytecode = True
+        sys.path.insert(0, os.path.dirname(program))
+        namespace["__package__"] = os.path.basename(program)
     sys.argv = [program, *args]
-    namespace = {"__name__": "__main__", "__file__": program, "__builtins__": __builtins__}
     exec(code, namespace)  # noqa: S102 - the sandbox's own code
     return 0
 
