@@ -35,8 +35,6 @@ one (/etc/skel) unless --keep-root-bashrc, since a heavy one taxes every command
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import os
 import shlex
 import shutil
@@ -45,18 +43,42 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import acct, cgroups, sampler  # noqa: E402
+from bench.figures import (  # noqa: E402
+    NO_METERS,
+    Figure,
+    Meters,
+    cpu_floor,
+    cpu_note,
+    median_time,
+    note,
+    note_profile,
+    run_measured,
+)
+from bench.testbed import (  # noqa: E402
+    NEW,
+    OLD,
+    Releases,
+    Run,
+    build_releases,
+    check_upgraded,
+    empty_upgrade_dirs,
+    full_topology,
+    reinstall,
+    scenario,
+    scm_ok,
+    ssh_masters,
+    subset,
+    use_stock_bashrc,
+)
 from scmflow import sandbox  # noqa: E402
 from scmflow.actions import RemoteLayout  # noqa: E402
 from scmflow.catalog import Catalog, load_catalog  # noqa: E402
@@ -64,346 +86,14 @@ from scmflow.distribute import distribute  # noqa: E402
 from scmflow.fanout import DEFAULT_PARALLEL_SSH  # noqa: E402
 from scmflow.plan import Pair  # noqa: E402
 from scmflow.release import Release, load_release  # noqa: E402
-from scmflow.sandbox import NodeSpec, Topology  # noqa: E402
-from scmflow.sandbox.packs import ships  # noqa: E402
+from scmflow.sandbox import Topology  # noqa: E402
 from scmflow.session.base import Session  # noqa: E402
 from scmflow.session.ssh import connect_all  # noqa: E402
 from scmflow.session.targets import SSHOptions, SSHTarget  # noqa: E402
-from tests.e2e.sandbox_cluster import SCM, Scenario, outer_install  # noqa: E402
+from tests.e2e.sandbox_cluster import Scenario, outer_install  # noqa: E402
 from tests.hosts import TestCluster, TestHost, missing_prerequisite, start_cluster  # noqa: E402
 
-OLD, NEW = "3.1.2", "3.2.2"
 BASELINE = Path(__file__).resolve().parent / "baseline.sh"
-FIRST_PORT = 9100
-TIME = "/usr/bin/time"
-
-
-# --------------------------------------------------------------------------- figures
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One printed line: ours / theirs, the raw values, and the target it must meet."""
-
-    name: str
-    ours: float
-    theirs: float
-    labels: tuple[str, str]
-    target: float | None
-    unit: str = "s"
-    detail: str = ""
-
-    @property
-    def ratio(self) -> float:
-        """ours / theirs."""
-        return self.ours / self.theirs if self.theirs else float("inf")
-
-    def line(self) -> str:
-        """`name: ratio  (ours x, theirs y; target <= t: ok)`."""
-        verdict = ""
-        if self.target is not None:
-            verdict = f"; target <= {self.target:g}: {'ok' if self.ratio <= self.target else 'MISSED'}"
-        raw = f"{self.labels[0]} {self.ours:.3f} {self.unit}, {self.labels[1]} {self.theirs:.3f} {self.unit}"
-        detail = f"; {self.detail}" if self.detail else ""
-        return f"{self.name}: {self.ratio:.2f}  ({raw}{detail}{verdict})"
-
-
-def note(message: str) -> None:
-    """Progress on stderr; the figures go to stdout."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def machine_cpu_seconds() -> float:
-    """CPU seconds all cores of this machine have spent busy since boot (/proc/stat).
-
-    Test hosts, sshd and the sandbox nodes all run on this machine, so the change over a
-    run is the whole cost of an upgrade on both sides, which the wall time alone hides.
-    """
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_note(busy: float, seconds: float) -> str:
-    """`machine CPU 5.1 s (85% of 2 cores)`."""
-    cores = os.cpu_count() or 1
-    return f"machine CPU {busy:.1f} s ({busy / (seconds * cores):.0%} of {cores} cores)"
-
-
-def cpu_floor(busy: float) -> float:
-    """Seconds that `busy` CPU seconds take at the least on this machine's cores."""
-    return busy / (os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One command run to completion: its result, wall and machine CPU seconds, and profile."""
-
-    done: subprocess.CompletedProcess[Any]
-    seconds: float
-    machine_cpu: float
-    profile: acct.Profile | None
-    command_cpu: float | None = None
-    hosts_cpu: float | None = None
-
-
-@dataclass
-class Reading:
-    """CPU seconds a block used, once it has ended (None: not measured)."""
-
-    seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class Meters:
-    """What each timed run measures beyond its wall time: process accounting into the file
-    `account` (--profile), and the CPU of the group `hosts` holding every host's sshd."""
-
-    account: Path | None = None
-    hosts: cgroups.CpuGroup | None = None
-
-    def accounting(self) -> AbstractContextManager[acct.Recorder | None]:
-        """Process accounting for the block, if asked for."""
-        return acct.accounting(self.account) if self.account is not None else nullcontext()
-
-    @contextmanager
-    def hosts_cpu(self) -> Iterator[Reading]:
-        """The hosts' CPU over the block."""
-        reading = Reading()
-        before = self.hosts.cpu_seconds() if self.hosts is not None else None
-        yield reading
-        if self.hosts is not None and before is not None:
-            reading.seconds = self.hosts.cpu_seconds() - before
-
-
-NO_METERS = Meters()
-
-
-@dataclass
-class Block:
-    """What `measured` saw over its block; filled in when the block ends."""
-
-    preexec: Callable[[], None]
-    seconds: float = 0.0
-    machine_cpu: float = 0.0
-    command_cpu: float | None = None
-    hosts_cpu: float | None = None
-    profile: acct.Profile | None = None
-
-
-@contextmanager
-def measured(meters: Meters, name: str) -> Iterator[Block]:
-    """Time the block, with the machine's CPU over it, the CPU of the command started with
-    `preexec_fn=block.preexec` (and all it starts), the hosts' CPU, and process accounting
-    when `meters` asks for it."""
-    command = cgroups.make_group(name)
-    block = Block(functools.partial(cgroups.join, command))
-    try:
-        with meters.accounting() as recorder, meters.hosts_cpu() as hosts:
-            busy = machine_cpu_seconds()
-            started = time.monotonic()
-            yield block
-            block.seconds = time.monotonic() - started
-            block.machine_cpu = machine_cpu_seconds() - busy
-        block.command_cpu = command.cpu_seconds() if command is not None else None
-        block.hosts_cpu = hosts.seconds
-        if recorder is not None:
-            block.profile = dataclasses.replace(recorder.profile, machine_cpu=block.machine_cpu)
-    finally:
-        if command is not None:
-            command.remove()
-
-
-def run_measured(argv: Sequence[str], meters: Meters, **popen: Any) -> Measured:
-    """subprocess.run(argv), measured (see `measured`)."""
-    with measured(meters, "command") as block:
-        done = subprocess.run(argv, preexec_fn=block.preexec, **popen)
-    return Measured(done, block.seconds, block.machine_cpu, block.profile, block.command_cpu, block.hosts_cpu)
-
-
-def note_profile(what: str, profile: acct.Profile | None) -> None:
-    """One `profile` line on stderr, when there is a profile."""
-    if profile is not None:
-        note(f"  profile of {what}: {profile.line()}")
-
-
-def median_time(action: Callable[[], None], repeat: int) -> float:
-    """Median wall time of `repeat` calls."""
-    times = []
-    for _ in range(repeat):
-        started = time.monotonic()
-        action()
-        times.append(time.monotonic() - started)
-    return statistics.median(times)
-
-
-# --------------------------------------------------------------------------- set-up
-
-
-@dataclass(frozen=True)
-class Releases:
-    """The unpacked releases the benchmark uses."""
-
-    old: Path
-    new: Path
-    big: Path
-
-
-def build_releases(work: Path, pad_mb: int) -> Releases:
-    """3.1.2, 3.2.2, and a 3.2.2 whose service tarballs carry `pad_mb` MB of filler in all."""
-    base = work / "releases"
-    base.mkdir(mode=0o755)
-    return Releases(
-        old=sandbox.build_release(base / "old", OLD),
-        new=sandbox.build_release(base / "new", NEW),
-        big=sandbox.build_release(base / "big", NEW, pad_bytes=pad_mb * 1024 * 1024),
-    )
-
-
-def full_topology(catalog: Catalog) -> Topology:
-    """Every service that 3.1.2 ships, one running node per port service, the daemon."""
-    services = [s for s in catalog.ordered() if ships(s, OLD)]
-    nodes: list[NodeSpec] = []
-    for service in services:
-        if service.node_kind == "port":
-            nodes.append(NodeSpec(service.name, FIRST_PORT + len(nodes)))
-        elif service.node_kind == "daemon":
-            nodes.append(NodeSpec(service.name, None))
-    return Topology(services=tuple(s.name for s in services), nodes=tuple(nodes))
-
-
-def use_stock_bashrc(cluster: TestCluster) -> None:
-    """Give root logins on the hosts Debian's stock .bashrc (in their own mount namespaces)."""
-    for host in cluster.hosts:
-        host.exec(["mount", "--bind", "/etc/skel/.bashrc", "/root/.bashrc"])
-
-
-def subset(cluster: TestCluster, count: int) -> TestCluster:
-    """The first `count` hosts, as a cluster object (never closed itself)."""
-    return dataclasses.replace(cluster, hosts=cluster.hosts[:count])
-
-
-def scenario(cluster: TestCluster, releases: Releases, work: Path) -> Scenario:
-    """An operator's working dir (HOME, upgrade.cfg, status dir) for these hosts."""
-    work.mkdir(parents=True)
-    s = Scenario(cluster=cluster, releases={OLD: releases.old, NEW: releases.new}, work=work)
-    cluster.home(s.home)
-    s.config()
-    return s
-
-
-def reinstall(s: Scenario, topology: Topology) -> None:
-    """Wipe the hosts and install 3.1.2 with `topology`, nodes running, all hosts at once."""
-    s.cleanup()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda h: s.install(h, OLD, topology), s.cluster.hosts))
-
-
-def check_upgraded(s: Scenario, topology: Topology) -> None:
-    """Every node that ran before runs again and reports 3.2.2 (else the run did not count)."""
-    expected = {n.port for n in topology.nodes if n.running and n.port is not None}
-    for host, ports in s.running().items():
-        if set(ports) != expected or any(v != NEW for v in ports.values()):
-            raise SystemExit(f"bench: {host} is not upgraded: {ports}")
-
-
-# --------------------------------------------------------------------------- running things
-
-
-@dataclass(frozen=True)
-class Run:
-    """One scm.py run: wall time, and the CPU time and peak RSS of the scm.py process itself."""
-
-    seconds: float
-    cpu_seconds: float
-    max_rss_mb: float
-    code: int
-    output: str
-    machine_cpu: float = 0.0
-    profile: acct.Profile | None = None
-    usage: sampler.Usage | None = None
-    command_cpu: float | None = None
-    hosts_cpu: float | None = None
-
-
-def run_scm(s: Scenario, args: Sequence[str], meters: Meters = NO_METERS) -> Run:
-    """Run scm.py as Scenario.scm does, under /usr/bin/time, measured as `meters` says,
-    sampling the CPU of its threads and of the host agents as it goes (bench/sampler.py).
-
-    Not wait4() on a direct child: a child forked from this (large) process starts with our
-    RSS as its high-water mark; /usr/bin/time forks scm.py from a small process.
-    """
-    env = {"HOME": str(s.home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-           "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryDirectory() as tmp:
-        usage_file = Path(tmp) / "usage"
-        argv = [TIME, "-f", "%M %U %S", "-o", str(usage_file), sys.executable, str(SCM), *args]
-        with measured(meters, "scm") as block:
-            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, env=env, cwd=s.work,
-                                  preexec_fn=block.preexec) as proc:
-                with sampler.sampling(scm_pid(proc.pid)) as seen:
-                    out = proc.communicate()[0]
-        # the last line: /usr/bin/time puts "Command exited with non-zero status" before it
-        rss_kb, user, system = usage_file.read_text().split("\n")[-2].split()
-    return Run(
-        block.seconds, float(user) + float(system), int(rss_kb) / 1024, proc.returncode,
-        out.decode(errors="replace"), block.machine_cpu, block.profile, seen.usage(),
-        block.command_cpu, block.hosts_cpu,
-    )
-
-
-def scm_pid(time_pid: int, wait: float = 5.0) -> int:
-    """The pid of the scm.py that /usr/bin/time `time_pid` started (once it has)."""
-    children = Path(f"/proc/{time_pid}/task/{time_pid}/children")
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            listed = children.read_text().split()
-        except FileNotFoundError:
-            break
-        if listed:
-            return int(listed[0])
-        time.sleep(0.005)
-    return time_pid
-
-
-def scm_ok(s: Scenario, args: Sequence[str], meters: Meters = NO_METERS) -> Run:
-    """run_scm that must succeed."""
-    run = run_scm(s, args, meters)
-    if run.code != 0:
-        raise SystemExit(f"bench: scm.py {shlex.join(args)} failed ({run.code}):\n{run.output[-3000:]}")
-    return run
-
-
-def ssh_base(cluster: TestCluster, mux: Path) -> list[str]:
-    """ssh/scp options: the cluster's key and known_hosts, multiplexed through `mux`."""
-    return ["-i", str(cluster.client_key), "-o", f"UserKnownHostsFile={cluster.known_hosts}",
-            "-o", "BatchMode=yes", "-o", f"ControlPath={mux}/%h"]
-
-
-@contextmanager
-def ssh_masters(cluster: TestCluster, hosts: Sequence[TestHost]) -> Iterator[list[str]]:
-    """One ControlMaster connection per host, open for the block; yields the ssh options."""
-    mux = Path(tempfile.mkdtemp(prefix="scmflow-bench-mux-"))
-    options = ssh_base(cluster, mux)
-    try:
-        for host in hosts:
-            subprocess.run(["ssh", *options, "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
-                            "-fN", f"root@{host.address}"], check=True)
-        yield options
-    finally:
-        for host in hosts:
-            subprocess.run(["ssh", *options, "-O", "exit", f"root@{host.address}"], capture_output=True)
-        shutil.rmtree(mux, ignore_errors=True)
-
-
-def empty_upgrade_dirs(hosts: Sequence[TestHost]) -> None:
-    """Remove everything sent to the hosts' /opt/upgrade and /opt/backup."""
-    for host in hosts:
-        for key in ("/opt/upgrade", "/opt/backup"):
-            for child in host.opt_dirs[key].iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 # --------------------------------------------------------------------------- 1, 2: package send
