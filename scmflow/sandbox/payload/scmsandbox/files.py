@@ -18,6 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+
 def single_match(root: str, pattern: str) -> str:
     """The one file matching `pattern` under `root`; CtlError otherwise."""
     found = glob_sorted(root, pattern)

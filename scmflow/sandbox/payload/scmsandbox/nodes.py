@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+
 class Node:
     """One port node: its config dir is `<dir>/conf/<service>/<port>/`."""
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+
 # option -> (key, kind): "flag" takes no value, "one" one value, "many" one value per use
 OptionSpec = dict[str, tuple[str, str]]
 HELP: OptionSpec = {"-h": ("help", "flag"), "--help": ("help", "flag")}

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
+
 def spawn_detached(argv: list[str], *, cwd: str, log: str | None) -> subprocess.Popen[bytes]:
     """Start argv in its own session with no inherited stdio, so an SSH exec can return."""
     import subprocess
